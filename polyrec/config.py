@@ -1,0 +1,212 @@
+"""Typed experiment configuration, loadable from YAML with ``key=value`` overrides."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeatureSpec(_Strict):
+    """One input feature, read from the user or item table.
+
+    kinds: ``categorical`` (vocabulary with out-of-vocabulary and missing indices),
+    ``multi`` (several categorical values in one cell, split by ``sep``, mean-pooled),
+    ``bucket`` (numeric cut at ``boundaries``, missing values get their own bucket),
+    ``numeric`` (standardized with training statistics, missing values become the mean).
+    """
+
+    name: str
+    source: Literal["user", "item"]
+    kind: Literal["categorical", "multi", "bucket", "numeric"] = "categorical"
+    column: str | None = None
+    sep: str = "|"
+    boundaries: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureSpec:
+        if self.kind == "bucket" and not self.boundaries:
+            raise ValueError(f"feature '{self.name}': kind 'bucket' needs 'boundaries'")
+        if self.boundaries and sorted(self.boundaries) != self.boundaries:
+            raise ValueError(f"feature '{self.name}': 'boundaries' must be increasing")
+        return self
+
+    @property
+    def col(self) -> str:
+        return self.column or self.name
+
+
+class TaskSpec(_Strict):
+    """A task is data: which label column, what kind of target, how it is scored.
+
+    ``depends_on`` names a binary parent task whose positive rows are the only rows
+    where this task's label exists (ESMM's "like happens after watch"): the loss is
+    masked to those rows, and for a binary child the entire-space probability
+    p(parent)·p(child) is evaluated under ``joint_name``.
+    """
+
+    name: str
+    label: str | None = None
+    kind: Literal["binary", "regression"]
+    loss: Literal["bce", "mse", "huber"] | None = None
+    weight: float = Field(1.0, ge=0)
+    depends_on: str | None = None
+    joint_name: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        if self.loss is None:
+            self.loss = "bce" if self.kind == "binary" else "mse"
+        if (self.kind == "binary") != (self.loss == "bce"):
+            raise ValueError(f"task '{self.name}': loss '{self.loss}' does not fit kind '{self.kind}'")
+        return self
+
+    @property
+    def col(self) -> str:
+        return self.label or self.name
+
+    @property
+    def joint(self) -> str:
+        return self.joint_name or f"{self.depends_on}&{self.name}"
+
+
+class SplitSpec(_Strict):
+    method: Literal["temporal", "random", "leave_last_out"] = "temporal"
+    valid: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+
+class NegativeSpec(_Strict):
+    """Sampled negatives: for each interaction, ``per_positive`` items the user never
+    interacted with; ``labels`` gives their label values (other labels stay missing)."""
+
+    per_positive: int = Field(4, ge=0)
+    labels: dict[str, float] = Field(default_factory=dict)
+
+
+class DataSpec(_Strict):
+    dataset: Literal["movielens-100k"] | None = None
+    interactions: str | None = None
+    users: str | None = None
+    items: str | None = None
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str | None = "timestamp"
+    title_col: str | None = None
+    cache_dir: str | None = None
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    negatives: NegativeSpec = Field(default_factory=NegativeSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if self.dataset is None and self.interactions is None:
+            raise ValueError("data: give either 'dataset' (built-in) or 'interactions' (a CSV/Parquet path)")
+        return self
+
+
+class ModelSpec(_Strict):
+    arch: Literal["single", "sharedbottom", "mmoe", "ple"] = "mmoe"
+    esmm: bool = False
+    embed_dim: int = Field(16, gt=0)
+    expert_dims: list[int] = Field(default_factory=lambda: [128, 64])
+    tower_dims: list[int] = Field(default_factory=lambda: [32])
+    n_experts: int = Field(4, gt=0)
+    ple_levels: int = Field(2, gt=0)
+    ple_shared_experts: int = Field(1, gt=0)
+    ple_task_experts: int = Field(1, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class WeightingSpec(_Strict):
+    method: str = "static"
+    options: dict = Field(default_factory=dict)
+
+
+class TrainSpec(_Strict):
+    batch_size: int = Field(1024, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_epochs: int = Field(10, gt=0)
+    patience: int = Field(2, ge=0)
+    seed: int = 2024
+    threads: int | None = 2
+    progress: bool = True
+
+
+class EvalSpec(_Strict):
+    ks: list[int] = Field(default_factory=lambda: [10])
+    ranking: bool = True
+    rank_by: str | None = None
+
+
+class Config(_Strict):
+    data: DataSpec
+    features: list[FeatureSpec]
+    tasks: list[TaskSpec]
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    weighting: WeightingSpec = Field(default_factory=WeightingSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        names = [t.name for t in self.tasks]
+        if not names:
+            raise ValueError("tasks: declare at least one task")
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: duplicate task names in {names}")
+        by_name = {t.name: t for t in self.tasks}
+        for t in self.tasks:
+            if t.depends_on is not None:
+                parent = by_name.get(t.depends_on)
+                if parent is None or parent.kind != "binary" or parent.depends_on is not None:
+                    raise ValueError(f"task '{t.name}': depends_on must name a binary task without a parent of its own")
+        feats = [f.name for f in self.features]
+        if len(set(feats)) != len(feats):
+            raise ValueError(f"features: duplicate feature names in {feats}")
+        if self.eval.rank_by is not None and self.eval.rank_by not in by_name:
+            raise ValueError(f"eval.rank_by: '{self.eval.rank_by}' is not a task ({names})")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        return cls.from_dict(raw, overrides)
+
+    @classmethod
+    def from_dict(cls, raw: dict, overrides: list[str] | None = None) -> Config:
+        for item in overrides or []:
+            apply_override(raw, item)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(f"invalid config:\n{err}") from None
+
+    def with_overrides(self, overrides: list[str]) -> Config:
+        return Config.from_dict(self.model_dump(), overrides)
+
+
+class ConfigError(ValueError):
+    """The configuration is malformed; the message says which key and why."""
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; ``value`` is parsed as YAML (numbers, lists, booleans)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value (e.g. model.arch=ple)")
+    key, value = item.split("=", 1)
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{item}': '{part}' is not a section")
+    node[leaf] = yaml.safe_load(value)

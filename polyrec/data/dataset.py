@@ -1,0 +1,164 @@
+"""From validated tables to tensors: catalog, splits, negatives, encoded features.
+
+Everything is built once as whole tensors; a training batch is then two index
+gathers (user rows, item rows) inside the model, with no per-row Python work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polyrec.config import Config
+from polyrec.data.features import EncodedSide, FeatureEncoder
+from polyrec.data.negatives import sample_negatives
+from polyrec.data.split import TEST, TRAIN, VALID, split_rows
+from polyrec.data.tables import DataError, Tables, validate
+
+SPLITS = {"train": TRAIN, "valid": VALID, "test": TEST}
+
+
+@dataclass
+class Samples:
+    """Labelled (user, item) rows by catalog index; ``labels[:, t]`` is NaN where task t has no label."""
+
+    user: torch.Tensor    # [N] int64
+    item: torch.Tensor    # [N] int64
+    labels: torch.Tensor  # [N, T] float32
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def subset(self, mask: np.ndarray | torch.Tensor) -> Samples:
+        mask = torch.as_tensor(mask)
+        return Samples(self.user[mask], self.item[mask], self.labels[mask])
+
+    def to_frame(self, task_names: list[str]) -> pd.DataFrame:
+        frame = pd.DataFrame({"user": self.user.numpy(), "item": self.item.numpy()})
+        for t, name in enumerate(task_names):
+            frame[f"label:{name}"] = self.labels[:, t].numpy()
+        return frame
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, task_names: list[str]) -> Samples:
+        labels = np.stack([frame[f"label:{n}"].to_numpy(np.float32) for n in task_names], 1)
+        return cls(torch.from_numpy(frame["user"].to_numpy(np.int64)),
+                   torch.from_numpy(frame["item"].to_numpy(np.int64)), torch.from_numpy(labels))
+
+
+@dataclass
+class EvalData:
+    """What the evaluator needs for one split: scored rows, the split's interactions
+    (ranking ground truth) and the pairs to exclude from ranking (earlier interactions)."""
+
+    samples: Samples
+    interactions: Samples
+    seen_user: torch.Tensor
+    seen_item: torch.Tensor
+
+    def save(self, folder: Path, task_names: list[str]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.samples.to_frame(task_names).to_parquet(folder / "samples.parquet")
+        self.interactions.to_frame(task_names).to_parquet(folder / "interactions.parquet")
+        pd.DataFrame({"user": self.seen_user.numpy(), "item": self.seen_item.numpy()}).to_parquet(
+            folder / "seen.parquet")
+
+    @classmethod
+    def load(cls, folder: Path, task_names: list[str]) -> EvalData:
+        seen = pd.read_parquet(folder / "seen.parquet")
+        return cls(Samples.from_frame(pd.read_parquet(folder / "samples.parquet"), task_names),
+                   Samples.from_frame(pd.read_parquet(folder / "interactions.parquet"), task_names),
+                   torch.from_numpy(seen["user"].to_numpy(np.int64)), torch.from_numpy(seen["item"].to_numpy(np.int64)))
+
+
+@dataclass
+class Catalog:
+    user_ids: list[str]
+    item_ids: list[str]
+    titles: list[str]
+
+    def __post_init__(self):
+        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
+        self.item_index = {u: i for i, u in enumerate(self.item_ids)}
+
+    def to_json(self) -> dict:
+        return {"user_ids": self.user_ids, "item_ids": self.item_ids, "titles": self.titles}
+
+
+@dataclass
+class PreparedData:
+    catalog: Catalog
+    encoder: FeatureEncoder
+    users: EncodedSide
+    items: EncodedSide
+    train: Samples
+    valid: EvalData
+    test: EvalData
+    user_history: dict[int, np.ndarray]   # train+valid interactions per user: excluded when recommending
+
+
+def _id_order(ids: pd.Series) -> np.ndarray:
+    """Catalog order: numeric ids by value (so item 2 precedes item 10), otherwise lexicographic."""
+    numeric = pd.to_numeric(ids, errors="coerce")
+    return np.argsort(numeric.to_numpy(), kind="stable") if numeric.notna().all() else np.argsort(
+        ids.to_numpy(), kind="stable")
+
+
+def prepare(tables: Tables, config: Config) -> PreparedData:
+    tables = validate(tables, config)
+    spec, tasks = config.data, config.tasks
+    users = tables.users.iloc[_id_order(tables.users[spec.user_col])].reset_index(drop=True)
+    items = tables.items.iloc[_id_order(tables.items[spec.item_col])].reset_index(drop=True)
+    titles = items[spec.title_col].fillna("").astype(str) if spec.title_col else items[spec.item_col]
+    catalog = Catalog(users[spec.user_col].tolist(), items[spec.item_col].tolist(), titles.tolist())
+
+    inter = tables.interactions
+    user = inter[spec.user_col].map(catalog.user_index).to_numpy(np.int64)
+    item = inter[spec.item_col].map(catalog.item_index).to_numpy(np.int64)
+    time = inter[spec.time_col].to_numpy() if spec.time_col in inter else None
+    labels = np.stack([inter[t.col].to_numpy(np.float32) for t in tasks], 1)
+    split = split_rows(user, item, time, spec.split, config.train.seed)
+    for name, code in SPLITS.items():
+        if not (split == code).any() and (name != "valid" or spec.split.valid > 0):
+            raise DataError(f"the {name} split is empty: {len(inter)} interactions of {len(catalog.user_ids)} users "
+                            f"under split '{spec.split.method}'; add data or change data.split")
+
+    interacted = np.unique(user * len(catalog.item_ids) + item)
+    rng = np.random.default_rng(config.train.seed)
+    neg_labels = np.full(len(tasks), np.nan, np.float32)
+    for t, task in enumerate(tasks):
+        neg_labels[t] = spec.negatives.labels.get(task.col, np.nan)
+
+    def samples_of(code: int) -> Samples:
+        rows = split == code
+        u, i, y = user[rows], item[rows], labels[rows]
+        k = spec.negatives.per_positive
+        if k:
+            neg_i = sample_negatives(u, k, interacted, len(catalog.item_ids), rng)
+            u = np.concatenate([u, np.repeat(u, k)])
+            i = np.concatenate([i, neg_i])
+            y = np.concatenate([y, np.tile(neg_labels, (len(neg_i), 1))])
+        return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y))
+
+    train = samples_of(TRAIN)
+    encoder = FeatureEncoder(config.features).fit(
+        users.iloc[np.unique(train.user.numpy())], items.iloc[np.unique(train.item.numpy())])
+
+    def eval_of(code: int) -> EvalData:
+        rows = split == code
+        earlier = split < code
+        return EvalData(samples_of(code), Samples(torch.from_numpy(user[rows]), torch.from_numpy(item[rows]),
+                                                  torch.from_numpy(labels[rows])),
+                        torch.from_numpy(user[earlier]), torch.from_numpy(item[earlier]))
+
+    valid, test = eval_of(VALID), eval_of(TEST)
+    history_rows = split <= VALID
+    order = np.argsort(user[history_rows], kind="stable")
+    hist_u, hist_i = user[history_rows][order], item[history_rows][order]
+    bounds = np.flatnonzero(np.r_[True, hist_u[1:] != hist_u[:-1], True])
+    history = {int(hist_u[a]): hist_i[a:b] for a, b in zip(bounds[:-1], bounds[1:])}
+    return PreparedData(catalog, encoder, encoder.transform(users, "user"), encoder.transform(items, "item"),
+                        train, valid, test, history)

@@ -1,0 +1,101 @@
+"""Scoring a split: pointwise metrics per task and full-catalog ranking per binary task."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from polyrec.data.dataset import EvalData, Samples
+from polyrec.evaluate import metrics as M
+from polyrec.train.objective import Objective
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, user: torch.Tensor, item: torch.Tensor,
+                   batch_size: int = 65536) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(user[a:a + batch_size], item[a:a + batch_size])
+                      for a in range(0, len(user), batch_size)]) if len(user) else torch.empty(0)
+
+
+def evaluate_pointwise(model, objective: Objective, samples: Samples) -> dict[str, dict[str, float]]:
+    """Per task on rows where it has a label; per joint on rows where its parent has one."""
+    scores = {k: v.numpy() for k, v in objective.scores(predict_logits(model, samples.user, samples.item)).items()}
+    labels, users = samples.labels.numpy(), samples.user.numpy()
+    out = {}
+    for t, (task, parent) in enumerate(zip(objective.tasks, objective.parent)):
+        rows = ~np.isnan(labels[:, t])
+        y, s = labels[rows, t], scores[task.name][rows]
+        if task.kind == "regression":
+            out[task.name] = {"rmse": M.rmse(y, s), "mae": M.mae(y, s), "rows": int(rows.sum())}
+            continue
+        out[task.name] = {"auc": M.auc(y, s), "gauc": M.gauc(users[rows], y, s), "logloss": M.logloss(y, s),
+                          "rows": int(rows.sum())}
+        if parent is not None:
+            rows = ~np.isnan(labels[:, parent])
+            y = labels[rows, parent] * np.nan_to_num(labels[rows, t])
+            s = scores[task.joint][rows]
+            out[task.joint] = {"auc": M.auc(y, s), "gauc": M.gauc(users[rows], y, s), "logloss": M.logloss(y, s),
+                               "rows": int(rows.sum())}
+    return out
+
+
+def _pairs_by_row(rows: np.ndarray, items: np.ndarray):
+    order = np.argsort(rows, kind="stable")
+    return rows[order], items[order]
+
+
+def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
+                     chunk_users: int = 256) -> dict[str, dict[str, float]]:
+    """Rank every catalog item not among the user's earlier interactions, for each binary task.
+
+    Ground truth for a task: the split's interactions where its label (for a dependent
+    task: parent and child labels) is 1; dependent tasks are ranked by p(parent)·p(child).
+    """
+    tasks = [t for t in objective.tasks if t.kind == "binary"]
+    index = {t.name: i for i, t in enumerate(objective.tasks)}
+    labels = torch.nan_to_num(data.interactions.labels)
+    truth_of = {}
+    for task in tasks:
+        y = labels[:, index[task.name]]
+        if task.depends_on:
+            y = y * labels[:, index[task.depends_on]]
+        truth_of[task.name] = y > 0
+    users = torch.unique(data.interactions.user)
+    row_of = torch.full((int(torch.cat([users, data.seen_user]).max()) + 1,), -1, dtype=torch.long)
+    row_of[users] = torch.arange(len(users))
+    seen_rows = row_of[data.seen_user]
+    seen_rows, seen_items = _pairs_by_row(seen_rows[seen_rows >= 0].numpy(), data.seen_item[seen_rows >= 0].numpy())
+    gt_rows, gt_items = row_of[data.interactions.user].numpy(), data.interactions.item.numpy()
+    acc = {t.name: M.RankingAccumulator(ks, n_items) for t in tasks}
+    all_items = torch.arange(n_items)
+    model.eval()
+    for a in range(0, len(users), chunk_users):
+        chunk = users[a:a + chunk_users]
+        n = len(chunk)
+        logits = predict_logits(model, chunk.repeat_interleave(n_items), all_items.repeat(n))
+        scores = objective.scores(logits)
+        lo, hi = np.searchsorted(seen_rows, [a, a + n])
+        excluded = torch.zeros(n, n_items, dtype=torch.bool)
+        excluded[torch.from_numpy(seen_rows[lo:hi] - a), torch.from_numpy(seen_items[lo:hi])] = True
+        in_chunk = (gt_rows >= a) & (gt_rows < a + n)
+        for task in tasks:
+            matrix = scores[objective.ranking_score_name(task)].view(n, n_items).masked_fill(excluded, -np.inf)
+            truth = torch.zeros(n, n_items, dtype=torch.bool)
+            hit = in_chunk & truth_of[task.name].numpy()
+            truth[torch.from_numpy(gt_rows[hit] - a), torch.from_numpy(gt_items[hit])] = True
+            acc[task.name].add(M.topk_items(matrix, max(ks)), truth)
+    return {name: a.result() for name, a in acc.items()}
+
+
+def evaluate(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
+             ranking: bool = True) -> dict:
+    out = evaluate_pointwise(model, objective, data.samples)
+    if ranking:
+        out["ranking"] = evaluate_ranking(model, objective, data, n_items, ks)
+    return out
+
+
+def mean_auc(metrics: dict, objective: Objective) -> float:
+    """Model selection criterion: mean AUC over the binary tasks."""
+    values = [metrics[t.name]["auc"] for t in objective.tasks if t.kind == "binary"]
+    return float(np.nanmean(values)) if values else -float(np.mean([metrics[t.name]["rmse"] for t in objective.tasks]))

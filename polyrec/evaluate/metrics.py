@@ -1,0 +1,97 @@
+"""Vectorized metrics: pointwise (AUC, GAUC, logloss, RMSE, MAE) and top-K ranking.
+
+Ranking follows RecBole's definitions: Recall@K = hits / |ground truth|; NDCG@K with
+the ideal DCG over min(|ground truth|, K); averages over users with ground truth.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _grouped_auc(group: np.ndarray, score: np.ndarray, label: np.ndarray):
+    """Mann-Whitney AUC within each group, ties given their average rank.
+
+    Returns (auc per group, rows per group, whether the group has both classes).
+    """
+    order = np.lexsort((score, group))
+    g, s, y = group[order], score[order], label[order].astype(bool)
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    group_start = np.flatnonzero(new_group)
+    sizes = np.diff(np.r_[group_start, len(g)])
+    new_tie = new_group | np.r_[True, s[1:] != s[:-1]]
+    tie_id = np.cumsum(new_tie) - 1
+    pos = np.arange(len(g)) - np.repeat(group_start, sizes) + 1
+    tie_rank = np.bincount(tie_id, weights=pos) / np.bincount(tie_id)
+    group_id = np.cumsum(new_group) - 1
+    rank_sum = np.bincount(group_id, weights=tie_rank[tie_id] * y)
+    n_pos = np.bincount(group_id, weights=y)
+    n_neg = sizes - n_pos
+    both = (n_pos > 0) & (n_neg > 0)
+    auc = np.divide(rank_sum - n_pos * (n_pos + 1) / 2, n_pos * n_neg, out=np.full(len(sizes), np.nan), where=both)
+    return auc, sizes, both
+
+
+def auc(label: np.ndarray, score: np.ndarray) -> float:
+    values, _, both = _grouped_auc(np.zeros(len(label), np.int64), np.asarray(score), np.asarray(label))
+    return float(values[0]) if both[0] else float("nan")
+
+
+def gauc(user: np.ndarray, label: np.ndarray, score: np.ndarray) -> float:
+    """Per-user AUC weighted by the user's row count, over users with both classes."""
+    values, sizes, both = _grouped_auc(np.asarray(user), np.asarray(score), np.asarray(label))
+    return float(np.average(values[both], weights=sizes[both])) if both.any() else float("nan")
+
+
+def logloss(label: np.ndarray, prob: np.ndarray, eps: float = 1e-7) -> float:
+    p = np.clip(prob, eps, 1 - eps)
+    return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
+
+
+def rmse(target: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((pred - target) ** 2)))
+
+
+def mae(target: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred - target)))
+
+
+def topk_items(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k item indices per row, ties broken by the lower item index."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+class RankingAccumulator:
+    """Sums Recall/NDCG/MRR/HitRate@K over user chunks; coverage@K over all recommended items."""
+
+    def __init__(self, ks: list[int], n_items: int):
+        self.ks, self.n_items = sorted(ks), n_items
+        self.sums = {f"{m}@{k}": 0.0 for k in self.ks for m in ("recall", "ndcg", "mrr", "hit")}
+        self.users = 0
+        self.recommended = {k: torch.zeros(n_items, dtype=torch.bool) for k in self.ks}
+
+    def add(self, top: torch.Tensor, truth: torch.Tensor) -> None:
+        """top: [U, K_max] ranked item indices; truth: [U, n_items] bool ground truth."""
+        n_truth = truth.sum(1)
+        keep = n_truth > 0
+        top, truth, n_truth = top[keep], truth[keep], n_truth[keep].double()
+        hits = truth.gather(1, top).double()                      # [U, K_max]
+        discount = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float64))
+        ideal = torch.cumsum(discount, 0)
+        first_hit = torch.where(hits.any(1), hits.argmax(1) + 1, 0).double()
+        for k in self.ks:
+            h = hits[:, :k]
+            self.sums[f"recall@{k}"] += float((h.sum(1) / n_truth).sum())
+            dcg = (h * discount[:k]).sum(1)
+            self.sums[f"ndcg@{k}"] += float((dcg / ideal[(n_truth.clamp(max=k) - 1).long()]).sum())
+            in_k = (first_hit > 0) & (first_hit <= k)
+            self.sums[f"mrr@{k}"] += float(torch.where(in_k, 1.0 / first_hit.clamp(min=1), 0.0).sum())
+            self.sums[f"hit@{k}"] += float(h.any(1).double().sum())
+            self.recommended[k][top[:, :k].reshape(-1)] = True
+        self.users += int(keep.sum())
+
+    def result(self) -> dict[str, float]:
+        out = {name: value / max(self.users, 1) for name, value in self.sums.items()}
+        out.update({f"coverage@{k}": float(self.recommended[k].double().mean()) for k in self.ks})
+        out["users"] = self.users
+        return out

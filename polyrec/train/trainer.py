@@ -1,0 +1,94 @@
+"""The training loop: joint loss through a Weighting, early stopping on the validation split."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from polyrec.config import TrainSpec
+from polyrec.data.dataset import EvalData, Samples
+from polyrec.evaluate.evaluator import evaluate, mean_auc
+from polyrec.train.objective import Objective
+from polyrec.weighting import Weighting
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid: dict
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+    train_samples_per_s: float = 0.0
+
+
+def seed_everything(seed: int, threads: int | None) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples,
+          valid: EvalData, n_items: int, spec: TrainSpec) -> TrainResult:
+    """Train ``model`` in place; the weights of the best validation epoch are restored at the end.
+
+    Selection uses the validation split only (mean AUC over binary tasks); the test
+    split is never looked at here.
+    """
+    seed_everything(spec.seed, spec.threads)
+    params = list(model.parameters()) + list(weighting.parameters())
+    optimizer = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    generator = torch.Generator().manual_seed(spec.seed)
+    n = len(train_data)
+    # BatchNorm cannot train on a single row: a trailing batch of one is dropped.
+    n_batches = n // spec.batch_size + int(n % spec.batch_size > 1)
+    best_score, best_state, best_epoch, best_valid, waited = -np.inf, None, -1, {}, 0
+    history, throughput = [], []
+    for epoch in range(spec.max_epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        loss_sum = torch.zeros(len(objective.tasks))
+        weight_sum = torch.zeros(len(objective.tasks))
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{spec.max_epochs}", disable=not spec.progress,
+                   leave=False, mininterval=0.5)
+        start = time.perf_counter()
+        for step in bar:
+            idx = order[step * spec.batch_size:(step + 1) * spec.batch_size]
+            logits = model(train_data.user[idx], train_data.item[idx])
+            losses = objective.losses(logits, train_data.labels[idx])
+            weights = weighting.backward(losses, model)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += losses.detach()
+            weight_sum += weights.detach()
+            if spec.progress and step % 20 == 0:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in zip(objective.names, (loss_sum / (step + 1)).tolist())})
+        seconds = time.perf_counter() - start
+        throughput.append(n / seconds)
+        if not torch.isfinite(loss_sum).all():
+            raise FloatingPointError(f"epoch {epoch + 1}: a task loss became non-finite "
+                                     f"{dict(zip(objective.names, loss_sum.tolist()))}; lower train.lr")
+        metrics = evaluate(model, objective, valid, n_items, [], ranking=False)
+        score = mean_auc(metrics, objective)
+        record = {"epoch": epoch + 1, "train_loss": dict(zip(objective.names, (loss_sum / n_batches).tolist())),
+                  "task_weight": dict(zip(objective.names, (weight_sum / n_batches).tolist())),
+                  "valid": metrics, "valid_mean_auc": score, "seconds": seconds, "samples_per_s": n / seconds}
+        history.append(record)
+        if spec.progress:
+            losses_txt = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
+            tqdm.write(f"epoch {epoch + 1}: loss {losses_txt} | valid mean AUC {score:.4f} | {n / seconds:,.0f} samples/s")
+        if score > best_score:
+            best_score, best_epoch, best_valid, waited = score, epoch + 1, metrics, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            waited += 1
+            if waited >= spec.patience:
+                break
+    model.load_state_dict(best_state)
+    # steady state: the first epoch includes allocator and thread-pool warm-up
+    steady = throughput[1:] or throughput
+    return TrainResult(best_epoch, best_valid, len(history), history, float(np.median(steady)))
