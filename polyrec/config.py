@@ -188,7 +188,8 @@ class Config(_Strict):
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
-            raise ConfigError(f"invalid config:\n{err}") from None
+            lines = [f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in err.errors()]
+            raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
 
     def with_overrides(self, overrides: list[str]) -> Config:
         return Config.from_dict(self.model_dump(), overrides)

@@ -106,7 +106,7 @@ class MultiTaskRecommender:
         rank_by = self._rank_by()
         ranking = scores[rank_by].clone()
         if exclude_seen and u in self.history:
-            ranking[torch.from_numpy(self.history[u])] = -np.inf
+            ranking[torch.tensor(self.history[u])] = -np.inf
         top = torch.sort(ranking, descending=True, stable=True).indices[:k]
         top = top[torch.isfinite(ranking[top])]
         return [{"rank": r + 1, "item_id": self.catalog.item_ids[i], "title": self.catalog.titles[i],

@@ -21,6 +21,10 @@ from polyrec.data.tables import DataError, Tables, validate
 SPLITS = {"train": TRAIN, "valid": VALID, "test": TEST}
 
 
+def _column(frame: pd.DataFrame, name: str) -> torch.Tensor:
+    return torch.tensor(frame[name].to_numpy(np.int64))
+
+
 @dataclass
 class Samples:
     """Labelled (user, item) rows by catalog index; ``labels[:, t]`` is NaN where task t has no label."""
@@ -45,8 +49,7 @@ class Samples:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, task_names: list[str]) -> Samples:
         labels = np.stack([frame[f"label:{n}"].to_numpy(np.float32) for n in task_names], 1)
-        return cls(torch.from_numpy(frame["user"].to_numpy(np.int64)),
-                   torch.from_numpy(frame["item"].to_numpy(np.int64)), torch.from_numpy(labels))
+        return cls(_column(frame, "user"), _column(frame, "item"), torch.from_numpy(labels))
 
 
 @dataclass
@@ -71,7 +74,7 @@ class EvalData:
         seen = pd.read_parquet(folder / "seen.parquet")
         return cls(Samples.from_frame(pd.read_parquet(folder / "samples.parquet"), task_names),
                    Samples.from_frame(pd.read_parquet(folder / "interactions.parquet"), task_names),
-                   torch.from_numpy(seen["user"].to_numpy(np.int64)), torch.from_numpy(seen["item"].to_numpy(np.int64)))
+                   _column(seen, "user"), _column(seen, "item"))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from polyrec.train.objective import Objective
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, user: torch.Tensor, item: torch.Tensor,
-                   batch_size: int = 65536) -> torch.Tensor:
+                   batch_size: int = 4096) -> torch.Tensor:
     model.eval()
     return torch.cat([model(user[a:a + batch_size], item[a:a + batch_size])
                       for a in range(0, len(user), batch_size)]) if len(user) else torch.empty(0)

@@ -53,7 +53,7 @@ class GroupedMLP(nn.Module):
         # x: [B, in] or [B, G, in] -> [B, G, dims[-1]]
         for linear, norm in zip(self.linears, self.norms):
             h = linear(x)
-            x = self.dropout(torch.relu(norm(h.reshape(h.shape[0], -1)))).view(h.shape)
+            x = self.dropout(torch.relu_(norm(h.reshape(h.shape[0], -1)))).view(h.shape)
         return x
 
 

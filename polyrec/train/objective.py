@@ -26,6 +26,11 @@ class Objective:
     def names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    @property
+    def score_names(self) -> list[str]:
+        """Names of what :meth:`scores` returns: every task, then every joint."""
+        return self.names + [t.joint for t, p in zip(self.tasks, self.parent) if p is not None and t.kind == "binary"]
+
     def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         has_label = ~torch.isnan(labels)
         y = torch.nan_to_num(labels)

@@ -1,0 +1,160 @@
+"""`polyrec` command line: train, evaluate, recommend, quickstart."""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from polyrec.config import Config, ConfigError
+from polyrec.data.tables import DataError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="polyrec: multi-task recommendation (train, evaluate, recommend).")
+console = Console()
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ml100k.yaml"
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _guarded(fn):
+    """Turn expected user errors into one clear message and exit code 2, not a traceback."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
+            _fail(str(err))
+    return run
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_task_table(metrics: dict) -> None:
+    table = Table(title="Per-task results (best epoch on validation)")
+    for col in ("task", "metric", "valid", "test"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for task, values in metrics["test"].items():
+        if task == "ranking":
+            continue
+        for metric, value in values.items():
+            if metric != "rows":
+                table.add_row(task, metric, _fmt(metrics["valid"].get(task, {}).get(metric, "")), _fmt(value))
+    console.print(table)
+
+
+def print_ranking_table(ranking: dict) -> None:
+    table = Table(title="Test ranking over the whole catalog (seen items excluded)")
+    metrics = [m for m in next(iter(ranking.values())) if m != "users"]
+    table.add_column("ranked for")
+    for m in metrics + ["users"]:
+        table.add_column(m, justify="right")
+    for task, values in ranking.items():
+        table.add_row(task, *[_fmt(values[m]) for m in metrics], str(values["users"]))
+    console.print(table)
+
+
+def print_recommendations(user: str, items: list[dict], score_names: list[str]) -> None:
+    table = Table(title=f"Top-{len(items)} for user {user}")
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    table.add_column("title")
+    for name in score_names:
+        table.add_column(name, justify="right")
+    for row in items:
+        table.add_row(str(row["rank"]), row["item_id"], row["title"], *[f"{row[n]:.3f}" for n in score_names])
+    console.print(table)
+
+
+def train_run(config: Config, out: Path):
+    """Train, evaluate on test, and write the run directory; returns (recommender, metrics)."""
+    from polyrec.recommender import MultiTaskRecommender
+
+    start = time.perf_counter()
+    rec = MultiTaskRecommender(config).fit()
+    seconds = time.perf_counter() - start
+    metrics = {"valid": rec.result.best_valid, "test": rec.evaluate(), "best_epoch": rec.result.best_epoch,
+               "epochs": rec.result.epochs, "train_seconds": seconds,
+               "train_samples_per_s": rec.result.train_samples_per_s, "params": rec.model.n_parameters()}
+    rec.save(out, metrics)
+    return rec, metrics
+
+
+@app.command()
+@_guarded
+def train(config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML experiment config"),
+          overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a key, e.g. model.arch=ple"),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<arch>-<time>)")):
+    """Train a multi-task model and write a run directory (bundle, metrics.json, train_log.jsonl)."""
+    cfg = Config.from_yaml(config, overrides)
+    out = out or Path("runs") / f"{cfg.model.arch}{'-esmm' if cfg.model.esmm else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _, metrics = train_run(cfg, out)
+    print_task_table(metrics)
+    if "ranking" in metrics["test"]:
+        print_ranking_table(metrics["test"]["ranking"])
+    console.print(f"run directory: [bold]{out}[/]")
+
+
+@app.command()
+@_guarded
+def evaluate(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
+             as_json: bool = typer.Option(False, "--json", help="print metrics as JSON")):
+    """Recompute the test metrics from a run directory's bundle."""
+    from polyrec.recommender import MultiTaskRecommender
+
+    rec = MultiTaskRecommender.load(run_dir)
+    metrics = rec.evaluate()
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    print_task_table({"valid": saved.get("valid", {}), "test": metrics})
+    if "ranking" in metrics:
+        print_ranking_table(metrics["ranking"])
+
+
+@app.command()
+@_guarded
+def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
+              user: str = typer.Option(..., "--user", "-u", help="user id"),
+              k: int = typer.Option(10, "-k", help="number of items"),
+              as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
+    """Top-k items for a user, with titles and the score of every task."""
+    from polyrec.recommender import MultiTaskRecommender
+
+    rec = MultiTaskRecommender.load(run_dir)
+    items = rec.recommend(user, k)
+    if as_json:
+        print(json.dumps({"user_id": user, "rank_by": rec._rank_by(), "items": items}, indent=2))
+    else:
+        print_recommendations(user, items, rec.objective.score_names)
+
+
+@app.command()
+@_guarded
+def quickstart(config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c"),
+               out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o"),
+               user: str = typer.Option("42", "--user", "-u")):
+    """Fetch MovieLens-100K, train the default multi-task model, print results and recommendations."""
+    cfg = Config.from_yaml(config)
+    console.print(f"[bold]polyrec quickstart[/]: {cfg.model.arch} on {cfg.data.dataset or cfg.data.interactions}, "
+                  f"tasks {[t.name for t in cfg.tasks]}")
+    rec, metrics = train_run(cfg, out)
+    console.print(f"trained {metrics['epochs']} epochs in {metrics['train_seconds']:.0f}s "
+                  f"(best epoch {metrics['best_epoch']}, {metrics['train_samples_per_s']:,.0f} samples/s, "
+                  f"{metrics['params']:,} parameters)")
+    print_task_table(metrics)
+    if "ranking" in metrics["test"]:
+        print_ranking_table(metrics["test"]["ranking"])
+    print_recommendations(user, rec.recommend(user, 10), rec.objective.score_names)
+    console.print(f"run directory: [bold]{out}[/]  (try `polyrec recommend {out} --user 7`)")
