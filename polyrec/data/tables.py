@@ -49,7 +49,7 @@ def load_tables(spec: DataSpec) -> Tables:
 
 
 def _examples(values) -> str:
-    values = list(values)
+    values = [v.item() if isinstance(v, np.generic) else v for v in values]
     shown = ", ".join(repr(v) for v in values[:5])
     return shown + (f" ... ({len(values)} in all)" if len(values) > 5 else "")
 
@@ -128,7 +128,7 @@ def _time(series: pd.Series) -> pd.Series:
         return series.astype("int64")
     numeric = pd.to_numeric(series, errors="coerce")
     if numeric.isna().any():
-        parsed = pd.to_datetime(series, errors="coerce")
+        parsed = pd.to_datetime(series, errors="coerce", format="mixed")
         if parsed.isna().any():
             raise DataError(f"interactions table: time column has values that are neither numbers nor dates, "
                             f"e.g. {_examples(series[parsed.isna()].unique())}")
