@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from polyrec.config import Config
-from polyrec.data.dataset import Catalog, EvalData, prepare
+from polyrec.data.dataset import Catalog, EvalData, PreparedData, prepare
 from polyrec.data.features import EncodedSide, FeatureEncoder
 from polyrec.data.tables import DataError, Tables, load_tables
 from polyrec.evaluate.evaluator import evaluate, predict_logits
@@ -40,9 +40,13 @@ class MultiTaskRecommender:
     # ----------------------------------------------------------------- training
     def fit(self, tables: Tables | None = None) -> MultiTaskRecommender:
         """Train on ``tables`` (or the data named in the config) with early stopping on validation."""
+        seed_everything(self.config.train.seed, self.config.train.threads)
+        return self.fit_prepared(prepare(tables if tables is not None else load_tables(self.config.data), self.config))
+
+    def fit_prepared(self, data: PreparedData) -> MultiTaskRecommender:
+        """Train on data already through :func:`~polyrec.data.dataset.prepare` (to reuse one split)."""
         cfg = self.config
         seed_everything(cfg.train.seed, cfg.train.threads)
-        data = prepare(tables if tables is not None else load_tables(cfg.data), cfg)
         self.encoder, self.catalog, self.history = data.encoder, data.catalog, data.user_history
         self.test = data.test
         self.model = self._build(data.users, data.items)

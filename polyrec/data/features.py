@@ -36,6 +36,7 @@ class FeatureEncoder:
         self.vocab: dict[str, dict[str, int]] = {}
         self.stats: dict[str, tuple[float, float]] = {}
         self.offsets: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
         self.num_embeddings = 0
 
     def fit(self, users: pd.DataFrame, items: pd.DataFrame) -> FeatureEncoder:
@@ -55,12 +56,9 @@ class FeatureEncoder:
                 self.vocab[spec.name] = {v: FIRST + i for i, v in enumerate(values)}
                 size = len(values)
             self.offsets[spec.name] = self.num_embeddings
+            self.sizes[spec.name] = FIRST + size
             self.num_embeddings += FIRST + size
         return self
-
-    @property
-    def cat_specs(self) -> list[FeatureSpec]:
-        return [s for s in self.specs if s.kind in ("categorical", "bucket")]
 
     def side_specs(self, source: str, kind: str) -> list[FeatureSpec]:
         kinds = ("categorical", "bucket") if kind == "cat" else (kind,)
@@ -102,12 +100,12 @@ class FeatureEncoder:
 
     def to_json(self) -> dict:
         return {"specs": [s.model_dump() for s in self.specs], "vocab": self.vocab, "stats": self.stats,
-                "offsets": self.offsets, "num_embeddings": self.num_embeddings}
+                "offsets": self.offsets, "sizes": self.sizes, "num_embeddings": self.num_embeddings}
 
     @classmethod
     def from_json(cls, data: dict) -> FeatureEncoder:
         enc = cls([FeatureSpec.model_validate(s) for s in data["specs"]])
-        enc.vocab, enc.offsets = data["vocab"], data["offsets"]
+        enc.vocab, enc.offsets, enc.sizes = data["vocab"], data["offsets"], data["sizes"]
         enc.stats = {k: tuple(v) for k, v in data["stats"].items()}
         enc.num_embeddings = data["num_embeddings"]
         return enc

@@ -32,6 +32,40 @@ def seed_everything(seed: int, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def make_optimizer(model: torch.nn.Module, weighting: Weighting, spec: TrainSpec) -> torch.optim.Optimizer:
+    params = list(model.parameters()) + list(weighting.parameters())
+    return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: torch.optim.Optimizer,
+              data: Samples, batch_size: int, generator: torch.Generator, progress: str | None = None):
+    """One pass over ``data`` in shuffled batches taken by index from whole tensors.
+
+    Returns (mean task losses [T], mean task weights [T], seconds).
+    """
+    model.train()
+    n = len(data)
+    # BatchNorm cannot train on a single row: a trailing batch of one is dropped.
+    n_batches = n // batch_size + int(n % batch_size > 1)
+    order = torch.randperm(n, generator=generator)
+    loss_sum = torch.zeros(len(objective.tasks))
+    weight_sum = torch.zeros(len(objective.tasks))
+    bar = tqdm(range(n_batches), desc=progress, disable=progress is None, leave=False, mininterval=0.5)
+    start = time.perf_counter()
+    for step in bar:
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        logits = model(data.user[idx], data.item[idx])
+        losses = objective.losses(logits, data.labels[idx])
+        weights = weighting.backward(losses, model)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += losses.detach()
+        weight_sum += weights.detach()
+        if progress is not None and step % 20 == 0:
+            bar.set_postfix({k: f"{v:.4f}" for k, v in zip(objective.names, (loss_sum / (step + 1)).tolist())})
+    return loss_sum / n_batches, weight_sum / n_batches, time.perf_counter() - start
+
+
 def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples,
           valid: EvalData, n_items: int, spec: TrainSpec) -> TrainResult:
     """Train ``model`` in place; the weights of the best validation epoch are restored at the end.
@@ -40,42 +74,23 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
     split is never looked at here.
     """
     seed_everything(spec.seed, spec.threads)
-    params = list(model.parameters()) + list(weighting.parameters())
-    optimizer = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    optimizer = make_optimizer(model, weighting, spec)
     generator = torch.Generator().manual_seed(spec.seed)
     n = len(train_data)
-    # BatchNorm cannot train on a single row: a trailing batch of one is dropped.
-    n_batches = n // spec.batch_size + int(n % spec.batch_size > 1)
     best_score, best_state, best_epoch, best_valid, waited = -np.inf, None, -1, {}, 0
     history, throughput = [], []
     for epoch in range(spec.max_epochs):
-        model.train()
-        order = torch.randperm(n, generator=generator)
-        loss_sum = torch.zeros(len(objective.tasks))
-        weight_sum = torch.zeros(len(objective.tasks))
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{spec.max_epochs}", disable=not spec.progress,
-                   leave=False, mininterval=0.5)
-        start = time.perf_counter()
-        for step in bar:
-            idx = order[step * spec.batch_size:(step + 1) * spec.batch_size]
-            logits = model(train_data.user[idx], train_data.item[idx])
-            losses = objective.losses(logits, train_data.labels[idx])
-            weights = weighting.backward(losses, model)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += losses.detach()
-            weight_sum += weights.detach()
-            if spec.progress and step % 20 == 0:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in zip(objective.names, (loss_sum / (step + 1)).tolist())})
-        seconds = time.perf_counter() - start
+        loss_sum, weight_sum, seconds = run_epoch(model, objective, weighting, optimizer, train_data,
+                                                  spec.batch_size, generator,
+                                                  f"epoch {epoch + 1}/{spec.max_epochs}" if spec.progress else None)
         throughput.append(n / seconds)
         if not torch.isfinite(loss_sum).all():
             raise FloatingPointError(f"epoch {epoch + 1}: a task loss became non-finite "
                                      f"{dict(zip(objective.names, loss_sum.tolist()))}; lower train.lr")
         metrics = evaluate(model, objective, valid, n_items, [], ranking=False)
         score = mean_auc(metrics, objective)
-        record = {"epoch": epoch + 1, "train_loss": dict(zip(objective.names, (loss_sum / n_batches).tolist())),
-                  "task_weight": dict(zip(objective.names, (weight_sum / n_batches).tolist())),
+        record = {"epoch": epoch + 1, "train_loss": dict(zip(objective.names, loss_sum.tolist())),
+                  "task_weight": dict(zip(objective.names, weight_sum.tolist())),
                   "valid": metrics, "valid_mean_auc": score, "seconds": seconds, "samples_per_s": n / seconds}
         history.append(record)
         if spec.progress:
