@@ -51,6 +51,15 @@ def model_config(base: Config, name: str, max_epochs: int) -> Config:
                                 f"train.max_epochs={max_epochs}", "train.progress=false"])
 
 
+def select_tasks(config: Config, names: list[str]) -> Config:
+    raw = config.model_dump()
+    unknown = set(names) - {t["name"] for t in raw["tasks"]}
+    if unknown:
+        raise SystemExit(f"--tasks: {sorted(unknown)} not in the config's tasks")
+    raw["tasks"] = [t for t in raw["tasks"] if t["name"] in names]
+    return Config.from_dict(raw)
+
+
 def build_model(cfg: Config, data: PreparedData) -> MultiTaskModel:
     return MultiTaskModel(FeatureTables(data.users, data.items), data.encoder.num_embeddings, len(cfg.tasks),
                           cfg.model)
@@ -89,7 +98,7 @@ def run_quality(cfg: Config, data: PreparedData, name: str) -> dict:
 def polyrec_epoch_rate(cfg: Config, data: PreparedData, subset: Samples) -> float:
     seed_everything(cfg.train.seed, cfg.train.threads)
     model = build_model(cfg, data)
-    objective, weighting = Objective(cfg.tasks, cfg.model.esmm), build_weighting(cfg.weighting, cfg.tasks)
+    objective, weighting = Objective.from_config(cfg), build_weighting(cfg.weighting, cfg.tasks)
     optimizer = make_optimizer(model, weighting, cfg.train)
     gen = torch.Generator().manual_seed(0)
     run_epoch(model, objective, weighting, optimizer, subset.subset(torch.arange(10 * 1024)), 1024, gen)
@@ -186,15 +195,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--tasks", default="watch,like",
+                        help="tasks of the config to train (add ',rating' for the optional regression task)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override applied to every model, e.g. model.dropout=0.2")
     parser.add_argument("--no-rechub", action="store_true", help="skip the torch-rechub speed comparison")
     args = parser.parse_args(argv)
 
-    base = Config.from_yaml(args.config)
+    base = select_tasks(Config.from_yaml(args.config, args.overrides), args.tasks.split(","))
     torch.set_num_threads(base.train.threads or 2)
     data = prepare(load_tables(base.data), base)
     result = {"protocol": "ml100k-mt", "machine": {"cpu_threads": torch.get_num_threads(), "cores": os.cpu_count(),
                                                   "python": platform.python_version(), "torch": torch.__version__},
-              "settings": {"max_epochs": args.max_epochs, "config": str(args.config.name)}, "models": {}}
+              "settings": {"max_epochs": args.max_epochs, "config": str(args.config.name), "tasks": args.tasks,
+                           "overrides": args.overrides}, "models": {}}
     for name in args.models.split(","):
         result["models"][name] = run_quality(model_config(base, name, args.max_epochs), data, name)
     if not args.no_rechub:

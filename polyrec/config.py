@@ -112,6 +112,9 @@ class DataSpec(_Strict):
 class ModelSpec(_Strict):
     arch: Literal["single", "sharedbottom", "mmoe", "ple"] = "mmoe"
     esmm: bool = False
+    # ESMM trains a dependent task only through p(parent)·p(child); this adds the plain
+    # p(child | parent) loss on the parent's positive rows with this weight (0 = the paper's ESMM).
+    esmm_conditional_weight: float = Field(0.0, ge=0)
     embed_dim: int = Field(16, gt=0)
     expert_dims: list[int] = Field(default_factory=lambda: [128, 64])
     tower_dims: list[int] = Field(default_factory=lambda: [32])

@@ -33,7 +33,7 @@ class MultiTaskRecommender:
 
     def __init__(self, config: Config):
         self.config = config
-        self.objective = Objective(config.tasks, config.model.esmm)
+        self.objective = Objective.from_config(config)
         self.model: MultiTaskModel | None = None
         self.result: TrainResult | None = None
 

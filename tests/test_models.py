@@ -84,3 +84,5 @@ def test_esmm_loss_is_entire_space_product():
     p = torch.sigmoid(logits[:, 0]) * torch.sigmoid(logits[:, 1])
     assert esmm[1] == pytest.approx(bce(p, torch.tensor([0.0, 1.0])).item(), rel=1e-5)
     assert plain[2] == pytest.approx(esmm[2].item()) == pytest.approx(0.0)  # regression masked to the clicked row
+    both = Objective(tasks, esmm=True, conditional_weight=0.5).losses(logits, labels)
+    assert both[1] == pytest.approx((esmm[1] + 0.5 * plain[1]).item(), rel=1e-6)

@@ -9,18 +9,28 @@ from polyrec.config import TaskSpec
 _EPS = 1e-7
 
 
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
 class Objective:
     """Turns logits [B, T] and labels [B, T] (NaN = no label) into per-task losses [T].
 
     A dependent binary task (``depends_on``) is trained on its parent's positive rows
     only, as p(child | parent). With ``esmm`` it is instead trained over the entire
-    sample space on p(parent)·p(child) against parent∧child (Ma et al., SIGIR 2018).
+    sample space on p(parent)·p(child) against parent∧child (Ma et al., SIGIR 2018),
+    optionally plus ``conditional_weight`` times the p(child | parent) loss.
     """
 
-    def __init__(self, tasks: list[TaskSpec], esmm: bool = False):
-        self.tasks, self.esmm = tasks, esmm
+    def __init__(self, tasks: list[TaskSpec], esmm: bool = False, conditional_weight: float = 0.0):
+        self.tasks, self.esmm, self.conditional_weight = tasks, esmm, conditional_weight
         index = {t.name: i for i, t in enumerate(tasks)}
         self.parent = [index[t.depends_on] if t.depends_on else None for t in tasks]
+
+    @classmethod
+    def from_config(cls, config) -> Objective:
+        return cls(config.tasks, config.model.esmm, config.model.esmm_conditional_weight)
 
     @property
     def names(self) -> list[str]:
@@ -37,19 +47,18 @@ class Objective:
         out = []
         for t, (task, parent) in enumerate(zip(self.tasks, self.parent)):
             z, mask = logits[:, t], has_label[:, t]
+            if task.loss == "bce":
+                loss = _masked_mean(F.binary_cross_entropy_with_logits(z, y[:, t], reduction="none"), mask)
+            elif task.loss == "mse":
+                loss = _masked_mean((z - y[:, t]) ** 2, mask)
+            else:
+                loss = _masked_mean(F.huber_loss(z, y[:, t], reduction="none"), mask)
             if task.kind == "binary" and parent is not None and self.esmm:
-                mask = has_label[:, parent]
                 target = y[:, parent] * y[:, t]
                 log_p = (F.logsigmoid(logits[:, parent]) + F.logsigmoid(z)).clamp(max=-_EPS)
-                loss = -(target * log_p + (1 - target) * torch.log1p(-log_p.exp()))
-            elif task.loss == "bce":
-                loss = F.binary_cross_entropy_with_logits(z, y[:, t], reduction="none")
-            elif task.loss == "mse":
-                loss = (z - y[:, t]) ** 2
-            else:
-                loss = F.huber_loss(z, y[:, t], reduction="none")
-            mask = mask.to(z.dtype)
-            out.append((loss * mask).sum() / mask.sum().clamp(min=1))
+                joint = -(target * log_p + (1 - target) * torch.log1p(-log_p.exp()))
+                loss = _masked_mean(joint, has_label[:, parent]) + self.conditional_weight * loss
+            out.append(loss)
         return torch.stack(out)
 
     def scores(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
