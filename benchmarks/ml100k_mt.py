@@ -148,7 +148,8 @@ def run_speed(base: Config, data: PreparedData, archs: list[str], rounds: int = 
         :TIMED_SAMPLES])
     out = {}
     for arch in archs:
-        cfg = model_config(base, arch, 1)
+        # torch-rechub's MLPs have no dropout: time polyrec on the identical model
+        cfg = model_config(base, arch, 1).with_overrides(["model.dropout=0.0"])
         ours, theirs = [], []
         for _ in range(rounds):
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
