@@ -25,8 +25,7 @@ from polyrec.config import Config
 from polyrec.data.dataset import PreparedData, Samples, prepare
 from polyrec.data.tables import load_tables
 from polyrec.evaluate.evaluator import predict_logits
-from polyrec.models.layers import FeatureTables
-from polyrec.models.network import MultiTaskModel
+from polyrec.models.network import MultiTaskModel, build_model
 from polyrec.train.objective import Objective
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.train.trainer import make_optimizer, run_epoch, seed_everything
@@ -58,11 +57,6 @@ def select_tasks(config: Config, names: list[str]) -> Config:
         raise SystemExit(f"--tasks: {sorted(unknown)} not in the config's tasks")
     raw["tasks"] = [t for t in raw["tasks"] if t["name"] in names]
     return Config.from_dict(raw)
-
-
-def build_model(cfg: Config, data: PreparedData) -> MultiTaskModel:
-    return MultiTaskModel(FeatureTables(data.users, data.items), data.encoder.num_embeddings, len(cfg.tasks),
-                          cfg.model)
 
 
 def inference_rate(model: MultiTaskModel, samples: Samples, repeats: int = 3) -> float:
@@ -97,7 +91,7 @@ def run_quality(cfg: Config, data: PreparedData, name: str) -> dict:
 # ------------------------------------------------------------------ speed vs torch-rechub
 def polyrec_epoch_rate(cfg: Config, data: PreparedData, subset: Samples) -> float:
     seed_everything(cfg.train.seed, cfg.train.threads)
-    model = build_model(cfg, data)
+    model = build_model(cfg, data.encoder, data.users, data.items)
     objective, weighting = Objective.from_config(cfg), build_weighting(cfg.weighting, cfg.tasks)
     optimizer = make_optimizer(model, weighting, cfg.train)
     gen = torch.Generator().manual_seed(0)

@@ -24,8 +24,7 @@ from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
 from polyrec.data.dataset import prepare
 from polyrec.data.tables import load_tables
-from polyrec.models.layers import FeatureTables
-from polyrec.models.network import MultiTaskModel
+from polyrec.models.network import build_model
 from polyrec.train.objective import Objective
 from polyrec.train.trainer import make_optimizer, seed_everything
 from polyrec.weighting import build_weighting
@@ -68,8 +67,7 @@ def main() -> None:
     cfg = Config.from_yaml(DEFAULT_CONFIG, [f"model.arch={args.arch}"])
     seed_everything(cfg.train.seed, cfg.train.threads)
     data = prepare(load_tables(cfg.data), cfg)
-    model = MultiTaskModel(FeatureTables(data.users, data.items), data.encoder.num_embeddings, len(cfg.tasks),
-                           cfg.model).train()
+    model = build_model(cfg, data.encoder, data.users, data.items).train()
     objective, weighting = Objective.from_config(cfg), build_weighting(cfg.weighting, cfg.tasks)
     optimizer = make_optimizer(model, weighting, cfg.train)
     order = torch.randperm(len(data.train))

@@ -101,6 +101,9 @@ class DataSpec(_Strict):
     cache_dir: str | None = None
     split: SplitSpec = Field(default_factory=SplitSpec)
     negatives: NegativeSpec = Field(default_factory=NegativeSpec)
+    # Cold-start evaluation: this share of items (seeded) is held out of train and valid
+    # entirely, negatives included; test keeps them.
+    cold_items: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
@@ -123,6 +126,47 @@ class ModelSpec(_Strict):
     ple_shared_experts: int = Field(1, gt=0)
     ple_task_experts: int = Field(1, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+    # feature name -> probability of hiding its value (out-of-vocabulary) in a training row:
+    # teaches the model to score new items/users from side features and text.
+    oov_dropout: dict[str, float] = Field(default_factory=dict)
+
+
+class TextSpec(_Strict):
+    """Text encoded by a pretrained language model, fed to the shared layers next to the IDs.
+
+    ``item_template`` / ``user_template`` are Python format strings over table columns
+    (``"{title} ({year}). Genres: {genres}"``). ``user_history`` > 0 adds the mean text
+    embedding of the user's last N training-period items. ``mode``: ``frozen`` encodes
+    once (cached on disk) and trains a small adaptor; ``lora`` fine-tunes the encoder's
+    attention with LoRA adapters jointly with the tasks.
+    """
+
+    model: str = "all-MiniLM-L6-v2"
+    item_template: str | None = None
+    user_template: str | None = None
+    user_history: int = Field(0, ge=0)
+    mode: Literal["frozen", "lora"] = "frozen"
+    dim: int = Field(32, gt=0)
+    whiten_dim: int = Field(64, gt=0)
+    adaptor_experts: int = Field(4, gt=0)
+    lora_rank: int = Field(8, gt=0)
+    batch_size: int = Field(256, gt=0)
+    max_length: int = Field(64, gt=0)
+    cache_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TextSpec:
+        if not (self.item_template or self.user_template or self.user_history):
+            raise ValueError("text: give item_template, user_template or user_history (or remove the text section)")
+        if self.mode == "lora" and not self.item_template:
+            raise ValueError("text.mode 'lora' fine-tunes the item text encoder: it needs text.item_template")
+        if self.user_history and not self.item_template:
+            raise ValueError("text.user_history pools item texts: it needs text.item_template")
+        return self
+
+    @property
+    def uses_user_text(self) -> bool:
+        return bool(self.user_template or self.user_history)
 
 
 class WeightingSpec(_Strict):
@@ -152,6 +196,7 @@ class Config(_Strict):
     features: list[FeatureSpec]
     tasks: list[TaskSpec]
     model: ModelSpec = Field(default_factory=ModelSpec)
+    text: TextSpec | None = None
     weighting: WeightingSpec = Field(default_factory=WeightingSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -172,6 +217,11 @@ class Config(_Strict):
         feats = [f.name for f in self.features]
         if len(set(feats)) != len(feats):
             raise ValueError(f"features: duplicate feature names in {feats}")
+        categorical = {f.name for f in self.features if f.kind in ("categorical", "bucket")}
+        for name, p in self.model.oov_dropout.items():
+            if name not in categorical or not 0 <= p < 1:
+                raise ValueError(f"model.oov_dropout: '{name}: {p}' needs a categorical or bucket feature "
+                                 f"({sorted(categorical)}) and a probability in [0, 1)")
         if self.eval.rank_by is not None and self.eval.rank_by not in by_name:
             raise ValueError(f"eval.rank_by: '{self.eval.rank_by}' is not a task ({names})")
         return self
@@ -210,7 +260,12 @@ def apply_override(raw: dict, item: str) -> None:
     *parents, leaf = key.strip().split(".")
     node = raw
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section that is off (e.g. text: null)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override '{item}': '{part}' is not a section")
-    node[leaf] = yaml.safe_load(value)
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError:  # e.g. a text template such as "{title} ({year})": keep it as a string
+        node[leaf] = value

@@ -14,12 +14,18 @@ from polyrec.data.dataset import Catalog, EvalData, PreparedData, prepare
 from polyrec.data.features import EncodedSide, FeatureEncoder
 from polyrec.data.tables import DataError, Tables, load_tables
 from polyrec.evaluate.evaluator import evaluate, predict_logits
-from polyrec.models.layers import FeatureTables
-from polyrec.models.network import MultiTaskModel
+from polyrec.models.network import MultiTaskModel, build_model
 from polyrec.serve.bundle import WEIGHTS, check_bundle, read_json, staged_dir, write_json
+from polyrec.serve.explain import nearest_items
+from polyrec.text.inputs import TextInputs
+from polyrec.text.templates import render
 from polyrec.train.objective import Objective
 from polyrec.train.trainer import TrainResult, seed_everything, train
 from polyrec.weighting import build_weighting
+
+
+TEXT_WEIGHTS = "text.safetensors"
+LORA_BUFFERS = ("input_ids", "attention_mask", "whiten_mean", "whiten_projection")
 
 
 class MultiTaskRecommender:
@@ -48,8 +54,8 @@ class MultiTaskRecommender:
         cfg = self.config
         seed_everything(cfg.train.seed, cfg.train.threads)
         self.encoder, self.catalog, self.history = data.encoder, data.catalog, data.user_history
-        self.test = data.test
-        self.model = self._build(data.users, data.items)
+        self.test, self.text = data.test, data.text
+        self.model = self._build(data.users, data.items, self._lora_encoder(data.text))
         labels = data.train.labels
         self.model.set_output_bias([float(np.nanmean(labels[:, t].numpy())) if task.kind == "regression" else None
                                     for t, task in enumerate(cfg.tasks)])
@@ -58,9 +64,20 @@ class MultiTaskRecommender:
                             len(self.catalog.item_ids), cfg.train)
         return self
 
-    def _build(self, users: EncodedSide, items: EncodedSide) -> MultiTaskModel:
-        return MultiTaskModel(FeatureTables(users, items), self.encoder.num_embeddings, len(self.config.tasks),
-                              self.config.model)
+    def _build(self, users: EncodedSide, items: EncodedSide, item_encoder=None) -> MultiTaskModel:
+        return build_model(self.config, self.encoder, users, items, item_encoder)
+
+    def _lora_encoder(self, text: TextInputs | None, state: dict | None = None):
+        spec = self.config.text
+        if spec is None or spec.mode != "lora":
+            return None
+        from polyrec.text.lora import LoraItemEncoder, tokenize
+        prefix = "item_encoder."
+        if state is not None:
+            return LoraItemEncoder(spec, *(state[prefix + k] for k in LORA_BUFFERS))
+        w = text.item_whitening
+        return LoraItemEncoder(spec, *tokenize(spec, text.item_texts), torch.from_numpy(w.mean),
+                               torch.from_numpy(w.projection))
 
     def _require_model(self) -> MultiTaskModel:
         if self.model is None:
@@ -98,9 +115,11 @@ class MultiTaskRecommender:
         return pd.DataFrame({"user_id": [str(x) for x in users], "item_id": [str(x) for x in items],
                              **{k: v.numpy() for k, v in scores.items()}})
 
-    def recommend(self, user, k: int = 10, exclude_seen: bool = True) -> list[dict]:
+    def recommend(self, user, k: int = 10, exclude_seen: bool = True, explain: int = 2) -> list[dict]:
         """Top-``k`` items for ``user`` with the score of every task; items the user already
-        interacted with (train and valid periods) are left out."""
+        interacted with (train and valid periods) are left out. With item text, each item
+        lists up to ``explain`` of the user's earlier items closest to it in the language
+        model's space (``because``)."""
         model = self._require_model()
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -109,13 +128,74 @@ class MultiTaskRecommender:
         scores = self.objective.scores(predict_logits(model, torch.full((n_items,), u), torch.arange(n_items)))
         rank_by = self._rank_by()
         ranking = scores[rank_by].clone()
-        if exclude_seen and u in self.history:
-            ranking[torch.tensor(self.history[u])] = -np.inf
+        history = self.history.get(u, np.zeros(0, np.int64))
+        if exclude_seen and len(history):
+            ranking[torch.from_numpy(history)] = -np.inf
         top = torch.sort(ranking, descending=True, stable=True).indices[:k]
-        top = top[torch.isfinite(ranking[top])]
+        top = top[torch.isfinite(ranking[top])].tolist()
+        because = nearest_items(model.tables.item_text, top, history, explain)
         return [{"rank": r + 1, "item_id": self.catalog.item_ids[i], "title": self.catalog.titles[i],
-                 "score": float(scores[rank_by][i]), **{name: float(v[i]) for name, v in scores.items()}}
-                for r, i in enumerate(top.tolist())]
+                 "score": float(scores[rank_by][i]), **{name: float(v[i]) for name, v in scores.items()},
+                 **({"because": [self.catalog.titles[j] for j in because[r]]} if because else {})}
+                for r, i in enumerate(top)]
+
+    # -------------------------------------------------------------- cold start
+    def add_items(self, items: pd.DataFrame) -> list[str]:
+        """Make new items scorable and recommendable at once, without retraining: their
+        features and text stand in for the ID the model has never seen (it maps to OOV).
+        ``items`` has the item id column and any of the feature and template columns."""
+        ids = self._new_ids(items, self.config.data.item_col, self.catalog.item_index, "item")
+        side = self._encode_new(items, "item")
+        if self.config.text is not None and self.config.text.item_template:
+            texts = render(self.config.text.item_template, items, "new item text")
+            side.text = torch.from_numpy(self.text.item_whitening(self._text_encoder().encode(texts)))
+            if self.model.item_encoder is not None:
+                from polyrec.text.lora import tokenize
+                self.model.item_encoder.append(*tokenize(self.config.text, texts))
+        self.model.tables.append("item", side)
+        title_col = self.config.data.title_col
+        titles = items[title_col].fillna("").astype(str).tolist() if title_col in items else ids
+        self.catalog.add_items(ids, titles)
+        return ids
+
+    def add_users(self, users: pd.DataFrame) -> list[str]:
+        """New users with a profile and no history: recommendable at once by their id."""
+        ids = self._new_ids(users, self.config.data.user_col, self.catalog.user_index, "user")
+        side = self._encode_new(users, "user")
+        spec = self.config.text
+        if spec is not None and spec.user_template:
+            # the profile leads the user text; the history part stays zero (no history yet)
+            text = np.zeros((len(users), self.model.tables.user_text.shape[1]), np.float32)
+            profile = self.text.profile_whitening(self._text_encoder().encode(
+                render(spec.user_template, users, "new user text")))
+            text[:, :profile.shape[1]] = profile
+            side.text = torch.from_numpy(text)
+        self.model.tables.append("user", side)
+        self.catalog.add_users(ids)
+        return ids
+
+    def _new_ids(self, frame: pd.DataFrame, id_col: str, known: dict, what: str) -> list[str]:
+        if not isinstance(frame, pd.DataFrame) or id_col not in frame.columns:
+            raise DataError(f"new {what}s need an '{id_col}' column")
+        ids = frame[id_col].astype(str).tolist()
+        clash = [i for i in ids if i in known]
+        if clash or len(set(ids)) != len(ids) or frame[id_col].isna().any():
+            raise DataError(f"new {what} ids must be unique, present and not in the catalog; "
+                            f"already known: {clash[:5]}")
+        return ids
+
+    def _encode_new(self, frame: pd.DataFrame, side: str) -> EncodedSide:
+        """Encode with the fitted vocabularies; absent feature columns count as missing values."""
+        frame = frame.copy()
+        for spec in self.encoder.specs:
+            if spec.source == side and spec.col not in frame:
+                frame[spec.col] = None
+        return self.encoder.transform(frame.reset_index(drop=True), side)
+
+    def _text_encoder(self):
+        from polyrec.text.encoder import TextEncoder
+        spec = self.config.text
+        return TextEncoder(spec.model, spec.cache_dir, spec.batch_size, progress=False)
 
     def _rank_by(self) -> str:
         """Score to rank by: eval.rank_by, else the first binary task (dependents by their joint)."""
@@ -129,7 +209,10 @@ class MultiTaskRecommender:
         """Write the run directory atomically: it appears complete or not at all."""
         model = self._require_model()
         with staged_dir(Path(path)) as tmp:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
+            frozen = model.item_encoder.frozen_keys("item_encoder.") if model.item_encoder is not None else set()
+            save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in frozen}, tmp / WEIGHTS)
+            if self.text is not None:
+                save_file(self.text.tensors(), tmp / TEXT_WEIGHTS)
             write_json(tmp / "config.json", self.config.model_dump())
             write_json(tmp / "features.json", self.encoder.to_json())
             write_json(tmp / "catalog.json", self.catalog.to_json())
@@ -156,9 +239,19 @@ class MultiTaskRecommender:
         n_user_multi = len(rec.encoder.side_specs("user", "multi"))
         multi = [state[k] for k in sorted((k for k in state if k.startswith("tables.multi_")),
                                           key=lambda k: int(k.rsplit("_", 1)[1]))]
-        side = lambda s, m: EncodedSide(state[f"tables.{s}_cat"], m, state[f"tables.{s}_num"])  # noqa: E731
-        rec.model = rec._build(side("user", multi[:n_user_multi]), side("item", multi[n_user_multi:]))
-        rec.model.load_state_dict(state)
+        side = lambda s, m: EncodedSide(state[f"tables.{s}_cat"], m, state[f"tables.{s}_num"],  # noqa: E731
+                                        state[f"tables.{s}_text"])
+        rec.text = None
+        if rec.config.text is not None:
+            item_w, profile_w = TextInputs.whitenings(load_file(path / TEXT_WEIGHTS))
+            rec.text = TextInputs(state["tables.item_text"], state["tables.user_text"], item_w, profile_w, [])
+        rec.model = rec._build(side("user", multi[:n_user_multi]), side("item", multi[n_user_multi:]),
+                               rec._lora_encoder(rec.text, state))
+        missing, unexpected = rec.model.load_state_dict(state, strict=False)
+        frozen = rec.model.item_encoder.frozen_keys("item_encoder.") if rec.model.item_encoder is not None else set()
+        if set(missing) - frozen or unexpected:
+            raise DataError(f"{path / WEIGHTS} does not match its config: missing {sorted(set(missing) - frozen)[:5]}, "
+                            f"unexpected {unexpected[:5]}")
         history = pd.read_parquet(path / "history.parquet")
         rec.history = {int(u): g["item"].to_numpy() for u, g in history.groupby("user")}
         rec.test = EvalData.load(path / "eval" / "test", rec.objective.names)

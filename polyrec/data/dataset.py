@@ -17,6 +17,7 @@ from polyrec.data.features import EncodedSide, FeatureEncoder
 from polyrec.data.negatives import sample_negatives
 from polyrec.data.split import TEST, TRAIN, VALID, split_rows
 from polyrec.data.tables import DataError, Tables, validate
+from polyrec.text.inputs import TextInputs, encode_text
 
 SPLITS = {"train": TRAIN, "valid": VALID, "test": TEST}
 
@@ -62,6 +63,12 @@ class EvalData:
     seen_user: torch.Tensor
     seen_item: torch.Tensor
 
+    def restrict_items(self, items: np.ndarray) -> EvalData:
+        """This split on the rows of ``items`` only (e.g. cold-start items); ranking still
+        scores the whole catalog, against ground truth among ``items``."""
+        keep = lambda s: s.subset(torch.from_numpy(np.isin(s.item.numpy(), items)))  # noqa: E731
+        return EvalData(keep(self.samples), keep(self.interactions), self.seen_user, self.seen_item)
+
     def save(self, folder: Path, task_names: list[str]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.samples.to_frame(task_names).to_parquet(folder / "samples.parquet")
@@ -87,6 +94,14 @@ class Catalog:
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.item_index = {u: i for i, u in enumerate(self.item_ids)}
 
+    def add_users(self, ids: list[str]) -> None:
+        self.user_ids = self.user_ids + ids
+        self.user_index.update({u: len(self.user_index) + k for k, u in enumerate(ids)})
+
+    def add_items(self, ids: list[str], titles: list[str]) -> None:
+        self.item_ids, self.titles = self.item_ids + ids, self.titles + titles
+        self.item_index.update({u: len(self.item_index) + k for k, u in enumerate(ids)})
+
     def to_json(self) -> dict:
         return {"user_ids": self.user_ids, "item_ids": self.item_ids, "titles": self.titles}
 
@@ -101,6 +116,8 @@ class PreparedData:
     valid: EvalData
     test: EvalData
     user_history: dict[int, np.ndarray]   # train+valid interactions per user: excluded when recommending
+    cold_items: np.ndarray                # catalog indices held out of train and valid (data.cold_items)
+    text: TextInputs | None = None        # language-model inputs, when config.text is set
 
 
 def _id_order(ids: pd.Series) -> np.ndarray:
@@ -124,12 +141,21 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     time = inter[spec.time_col].to_numpy() if spec.time_col in inter else None
     labels = np.stack([inter[t.col].to_numpy(np.float32) for t in tasks], 1)
     split = split_rows(user, item, time, spec.split, config.train.seed)
+    interacted = np.unique(user * len(catalog.item_ids) + item)
+    cold_items = np.sort(np.random.default_rng(config.train.seed).choice(
+        len(catalog.item_ids), int(round(spec.cold_items * len(catalog.item_ids))), replace=False))
+    held_out = np.isin(item, cold_items) & (split != TEST)
+    user, item, time, labels, split = (a[~held_out] if a is not None else None
+                                       for a in (user, item, time, labels, split))
     for name, code in SPLITS.items():
         if not (split == code).any() and (name != "valid" or spec.split.valid > 0):
             raise DataError(f"the {name} split is empty: {len(inter)} interactions of {len(catalog.user_ids)} users "
                             f"under split '{spec.split.method}'; add data or change data.split")
 
-    interacted = np.unique(user * len(catalog.item_ids) + item)
+    # train and valid negatives never show a cold item either
+    cold_pairs = (np.arange(len(catalog.user_ids))[:, None] * len(catalog.item_ids) + cold_items).ravel()
+    excluded = {TRAIN: np.union1d(interacted, cold_pairs), VALID: np.union1d(interacted, cold_pairs),
+                TEST: interacted}
     rng = np.random.default_rng(config.train.seed)
     neg_labels = np.full(len(tasks), np.nan, np.float32)
     for t, task in enumerate(tasks):
@@ -140,7 +166,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
         u, i, y = user[rows], item[rows], labels[rows]
         k = spec.negatives.per_positive
         if k:
-            neg_i = sample_negatives(u, k, interacted, len(catalog.item_ids), rng)
+            neg_i = sample_negatives(u, k, excluded[code], len(catalog.item_ids), rng)
             u = np.concatenate([u, np.repeat(u, k)])
             i = np.concatenate([i, neg_i])
             y = np.concatenate([y, np.tile(neg_labels, (len(neg_i), 1))])
@@ -158,10 +184,22 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
                         torch.from_numpy(user[earlier]), torch.from_numpy(item[earlier]))
 
     valid, test = eval_of(VALID), eval_of(TEST)
-    history_rows = split <= VALID
-    order = np.argsort(user[history_rows], kind="stable")
-    hist_u, hist_i = user[history_rows][order], item[history_rows][order]
-    bounds = np.flatnonzero(np.r_[True, hist_u[1:] != hist_u[:-1], True])
-    history = {int(hist_u[a]): hist_i[a:b] for a, b in zip(bounds[:-1], bounds[1:])}
-    return PreparedData(catalog, encoder, encoder.transform(users, "user"), encoder.transform(items, "item"),
-                        train, valid, test, history)
+    history = _items_by_user(user, item, time, split <= VALID)
+    users_side, items_side = encoder.transform(users, "user"), encoder.transform(items, "item")
+    text = None
+    if config.text is not None:
+        text = encode_text(config.text, users, items, _items_by_user(user, item, time, split == TRAIN),
+                           config.train.progress)
+        items_side.text, users_side.text = text.item, text.user
+    return PreparedData(catalog, encoder, users_side, items_side, train, valid, test, history, cold_items,
+                        text)
+
+
+def _items_by_user(user: np.ndarray, item: np.ndarray, time: np.ndarray | None,
+                   rows: np.ndarray) -> dict[int, np.ndarray]:
+    """Item indices of the selected rows per user, oldest first."""
+    u, i = user[rows], item[rows]
+    order = np.lexsort((time[rows], u)) if time is not None else np.argsort(u, kind="stable")
+    u, i = u[order], i[order]
+    bounds = np.flatnonzero(np.r_[True, u[1:] != u[:-1], True])
+    return {int(u[a]): i[a:b] for a, b in zip(bounds[:-1], bounds[1:])} if len(u) else {}

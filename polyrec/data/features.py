@@ -26,6 +26,7 @@ class EncodedSide:
     cat: torch.Tensor             # [n_rows, n_cat] int64, global embedding rows
     multi: list[torch.Tensor]     # per multi feature: [n_rows, max_len] int64, PAD-filled
     num: torch.Tensor             # [n_rows, n_num] float32, standardized
+    text: torch.Tensor | None = None  # [n_rows, E·k] float32 language-model embeddings, when configured
 
 
 class FeatureEncoder:
@@ -63,6 +64,11 @@ class FeatureEncoder:
     def side_specs(self, source: str, kind: str) -> list[FeatureSpec]:
         kinds = ("categorical", "bucket") if kind == "cat" else (kind,)
         return [s for s in self.specs if s.source == source and s.kind in kinds]
+
+    def oov_slots(self, probabilities: dict[str, float]) -> list[tuple[int, int, float]]:
+        """(column in the model's categorical input, global OOV index, probability) per named feature."""
+        columns = [s.name for s in self.side_specs("user", "cat") + self.side_specs("item", "cat")]
+        return [(columns.index(name), self.offsets[name] + OOV, p) for name, p in probabilities.items()]
 
     def transform(self, df: pd.DataFrame, source: str) -> EncodedSide:
         n = len(df)

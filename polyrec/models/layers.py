@@ -66,10 +66,26 @@ class FeatureTables(nn.Module):
         self.register_buffer("item_cat", items.cat)
         self.register_buffer("user_num", users.num)
         self.register_buffer("item_num", items.num)
+        none = lambda side: torch.zeros(len(side.cat), 0)  # noqa: E731
+        self.register_buffer("user_text", users.text if users.text is not None else none(users))
+        self.register_buffer("item_text", items.text if items.text is not None else none(items))
         self.n_user_multi = len(users.multi)
         self.n_multi = len(users.multi) + len(items.multi)
         for k, m in enumerate(users.multi + items.multi):
             self.register_buffer(f"multi_{k}", m)
+
+    def append(self, side: str, rows: EncodedSide) -> None:
+        """Add encoded users or items (cold start): they get the next catalog indices."""
+        for name, new in (("cat", rows.cat), ("num", rows.num), ("text", rows.text)):
+            old = getattr(self, f"{side}_{name}")
+            new = new if new is not None else torch.zeros(len(rows.cat), old.shape[1])
+            setattr(self, f"{side}_{name}", torch.cat([old, new.to(old.dtype)]))
+        first = 0 if side == "user" else self.n_user_multi
+        for k, new in enumerate(rows.multi):
+            old = getattr(self, f"multi_{first + k}")
+            width = max(old.shape[1], new.shape[1])
+            pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD)  # noqa: E731
+            setattr(self, f"multi_{first + k}", torch.cat([pad(old), pad(new)]))
 
     @property
     def multi(self) -> list[torch.Tensor]:
@@ -85,7 +101,7 @@ class FeatureTables(nn.Module):
         cat = torch.cat([self.user_cat[user], self.item_cat[item]], 1)
         multi = [m[user if k < self.n_user_multi else item] for k, m in enumerate(self.multi)]
         num = torch.cat([self.user_num[user], self.item_num[item]], 1)
-        return cat, multi, num
+        return cat, multi, num, self.item_text[item], self.user_text[user]
 
 
 class FeatureEmbedding(nn.Module):

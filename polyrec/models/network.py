@@ -4,29 +4,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polyrec.config import ModelSpec
+from polyrec.config import ModelSpec, TextSpec
 from polyrec.models.layers import FeatureEmbedding, FeatureTables, GroupedLinear, GroupedMLP
 from polyrec.models.mmoe import MMoE
 from polyrec.models.ple import PLE
 from polyrec.models.sharedbottom import SharedBottom
+from polyrec.models.text import TextBlock
 
 # An architecture maps [B, D] inputs to [B, T, H] per-task representations.
 ARCHITECTURES = {"sharedbottom": SharedBottom, "mmoe": MMoE, "ple": PLE}
 
 
 class TaskNetwork(nn.Module):
-    """Embeddings, a shared body and one tower per task: features → logits [B, T]."""
+    """Embeddings (and text), a shared body and one tower per task: features → logits [B, T]."""
 
     def __init__(self, num_embeddings: int, counts: tuple[int, int, int], n_tasks: int, spec: ModelSpec,
-                 arch: str):
+                 arch: str, text: TextSpec | None = None, text_dim: int = 0):
         super().__init__()
         self.embedding = FeatureEmbedding(num_embeddings, spec.embed_dim, counts)
-        self.body = ARCHITECTURES[arch](self.embedding.out_dim, n_tasks, spec)
+        self.text = TextBlock(text, text_dim) if text is not None else None
+        in_dim = self.embedding.out_dim + (self.text.out_dim if self.text is not None else 0)
+        self.body = ARCHITECTURES[arch](in_dim, n_tasks, spec)
         self.towers = GroupedMLP(self.body.out_dim, spec.tower_dims, n_tasks, spec.dropout)
         self.heads = GroupedLinear(self.towers.out_dim, 1, n_tasks)
 
-    def forward(self, cat, multi, num):
+    def forward(self, cat, multi, num, item_text, user_text):
         x = self.embedding(cat, multi, num)              # [B, D]
+        if self.text is not None:
+            x = torch.cat([x, self.text(item_text, user_text)], 1)
         return self.heads(self.towers(self.body(x))).squeeze(-1)  # [B, T]
 
 
@@ -35,21 +40,38 @@ class MultiTaskModel(nn.Module):
 
     ``arch='single'`` is the single-task baseline: one independent network per task
     (its own embeddings too), trained side by side; no parameter is shared.
+    ``oov_dropout`` lists (categorical column, its out-of-vocabulary index, probability):
+    while training, the value is replaced by OOV with that probability, so the model
+    learns to score an item whose ID it has never seen from its other features and text.
+    ``item_encoder`` (LoRA mode) computes item text embeddings instead of the table's.
     """
 
-    def __init__(self, tables: FeatureTables, num_embeddings: int, n_tasks: int, spec: ModelSpec):
+    def __init__(self, tables: FeatureTables, num_embeddings: int, n_tasks: int, spec: ModelSpec,
+                 text: TextSpec | None = None, oov_dropout: list[tuple[int, int, float]] = (),
+                 item_encoder: nn.Module | None = None):
         super().__init__()
         self.tables = tables
+        self.oov_dropout = list(oov_dropout)
+        self.item_encoder = item_encoder
         counts = tables.in_counts
+        text_dim = tables.item_text.shape[1] or tables.user_text.shape[1]
         if spec.arch == "single":
-            self.nets = nn.ModuleList(TaskNetwork(num_embeddings, counts, 1, spec, "sharedbottom")
+            self.nets = nn.ModuleList(TaskNetwork(num_embeddings, counts, 1, spec, "sharedbottom", text, text_dim)
                                       for _ in range(n_tasks))
         else:
-            self.nets = nn.ModuleList([TaskNetwork(num_embeddings, counts, n_tasks, spec, spec.arch)])
+            self.nets = nn.ModuleList([TaskNetwork(num_embeddings, counts, n_tasks, spec, spec.arch, text,
+                                                   text_dim)])
 
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        features = self.tables(user, item)
-        return torch.cat([net(*features) for net in self.nets], 1)
+        cat, multi, num, item_text, user_text = self.tables(user, item)
+        if self.training and self.oov_dropout:
+            cat = cat.clone()
+            for column, oov, p in self.oov_dropout:
+                drop = torch.rand(len(cat)) < p
+                cat[drop, column] = oov
+        if self.item_encoder is not None:
+            item_text = self.item_encoder(item)
+        return torch.cat([net(cat, multi, num, item_text, user_text) for net in self.nets], 1)
 
     def set_output_bias(self, values: list[float | None]) -> None:
         """Start each task's output at a given value (e.g. the mean rating), so regression
@@ -63,3 +85,9 @@ class MultiTaskModel(nn.Module):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def build_model(config, encoder, users, items, item_encoder: nn.Module | None = None) -> MultiTaskModel:
+    """The model a config describes, over encoded user and item tables."""
+    return MultiTaskModel(FeatureTables(users, items), encoder.num_embeddings, len(config.tasks), config.model,
+                          config.text, encoder.oov_slots(config.model.oov_dropout), item_encoder)

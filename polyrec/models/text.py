@@ -1,0 +1,57 @@
+"""Language-model text as a model input: the adaptor, the text block, and the LoRA item encoder."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polyrec.config import TextSpec
+from polyrec.models.layers import GroupedLinear
+
+
+class TextAdaptor(nn.Module):
+    """UniSRec's MoE adaptor (Hou et al., KDD 2022): K parametric whitenings (x - b_k)·W_k
+    of a frozen sentence embedding, mixed by a softmax gate. [B, E] → [B, out_dim]."""
+
+    def __init__(self, in_dim: int, out_dim: int, experts: int):
+        super().__init__()
+        self.whitenings = GroupedLinear(in_dim, out_dim, experts)  # (x - b)·W is x·W + (-b·W): a biased linear
+        self.gate = nn.Linear(in_dim, experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates = torch.softmax(self.gate(x), -1).unsqueeze(-1)  # [B, K, 1]
+        return (gates * self.whitenings(x)).sum(1)             # [B, out]
+
+
+class TextBlock(nn.Module):
+    """Item text, user profile text and user history text → one input vector for the shared body.
+
+    The item and the user's history go through the same adaptor, so their product and the
+    raw cosine say "how close is this item to what the user watched": a concatenation of
+    the two alone cannot express that to the layers above.
+    """
+
+    def __init__(self, spec: TextSpec, text_dim: int):
+        super().__init__()
+        self.text_dim = text_dim
+        self.has_item, self.has_profile = bool(spec.item_template), bool(spec.user_template)
+        self.has_history = spec.user_history > 0
+        make = lambda: TextAdaptor(text_dim, spec.dim, spec.adaptor_experts)  # noqa: E731
+        self.item_adaptor = make() if self.has_item else None
+        self.profile_adaptor = make() if self.has_profile else None
+        pair = self.has_item and self.has_history
+        self.out_dim = spec.dim * (self.has_item + self.has_profile + self.has_history + pair) + pair
+
+    def forward(self, item_text: torch.Tensor, user_text: torch.Tensor) -> torch.Tensor:
+        # item_text [B, E] (or [B, 0]); user_text [B, E·(has_profile + has_history)]: profile first
+        parts = []
+        if self.has_item:
+            item = self.item_adaptor(item_text)
+            parts.append(item)
+        if self.has_profile:
+            parts.append(self.profile_adaptor(user_text[:, :self.text_dim]))
+        if self.has_history:
+            raw_history = user_text[:, -self.text_dim:]
+            history = self.item_adaptor(raw_history)
+            parts += [history, item * history, F.cosine_similarity(item_text, raw_history, eps=1e-6).unsqueeze(1)]
+        return torch.cat(parts, 1)

@@ -1,0 +1,80 @@
+"""The language model fine-tuned with LoRA adapters (peft), jointly with the multi-task loss."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polyrec.config import TextSpec
+from polyrec.text.encoder import resolve_model
+
+
+def tokenize(spec: TextSpec, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) [n, L] for every catalog text, computed once."""
+    from transformers import AutoTokenizer
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    batch = AutoTokenizer.from_pretrained(resolve_model(spec.model))(
+        texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+class LoraItemEncoder(nn.Module):
+    """Item index [B] → whitened, mean-pooled sentence embedding [B, k] from a LoRA-tuned encoder.
+
+    Training encodes only the distinct items of each batch. In eval mode the whole
+    catalog is encoded once and reused until training resumes. Only the adapter weights
+    train; :meth:`frozen_keys` names the base model's, which bundles leave out (they are
+    reloaded from ``spec.model``).
+    """
+
+    def __init__(self, spec: TextSpec, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 whiten_mean: torch.Tensor, whiten_projection: torch.Tensor, batch_size: int = 256):
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModel
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        base = AutoModel.from_pretrained(resolve_model(spec.model))
+        self.lm = get_peft_model(base, LoraConfig(r=spec.lora_rank, lora_alpha=2 * spec.lora_rank,
+                                                  lora_dropout=0.0))
+        self.register_buffer("input_ids", input_ids)
+        self.register_buffer("attention_mask", attention_mask)
+        self.register_buffer("whiten_mean", whiten_mean)
+        self.register_buffer("whiten_projection", whiten_projection)
+        self.batch_size = batch_size
+        self._catalog: torch.Tensor | None = None
+
+    def frozen_keys(self, prefix: str) -> set[str]:
+        return {prefix + name for name, p in self.named_parameters() if not p.requires_grad}
+
+    def append(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Tokens of new catalog items (cold start)."""
+        width = max(self.input_ids.shape[1], input_ids.shape[1])
+        pad = lambda t: F.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        self.input_ids = torch.cat([pad(self.input_ids), pad(input_ids)])
+        self.attention_mask = torch.cat([pad(self.attention_mask), pad(attention_mask)])
+        self._catalog = None
+
+    def train(self, mode: bool = True):
+        self._catalog = None
+        return super().train(mode)
+
+    def _encode(self, items: torch.Tensor) -> torch.Tensor:
+        mask = self.attention_mask[items]
+        width = int(mask.sum(1).max())
+        hidden = self.lm(input_ids=self.input_ids[items, :width], attention_mask=mask[:, :width]).last_hidden_state
+        mask = mask[:, :width, None].to(hidden.dtype)
+        pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+        return (pooled - self.whiten_mean) @ self.whiten_projection
+
+    def forward(self, item: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            unique, inverse = torch.unique(item, return_inverse=True)
+            return self._encode(unique)[inverse]
+        if self._catalog is None:
+            with torch.no_grad():
+                n = len(self.input_ids)
+                self._catalog = torch.cat([self._encode(torch.arange(a, min(a + self.batch_size, n)))
+                                           for a in range(0, n, self.batch_size)])
+        return self._catalog[item]

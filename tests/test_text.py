@@ -1,0 +1,119 @@
+"""Language-model text: encoding cache, templates, whitening, text-aware models, cold start, LoRA."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from polyrec.data.dataset import prepare
+from polyrec.data.tables import DataError
+from polyrec.models.network import build_model
+from polyrec.recommender import MultiTaskRecommender
+from polyrec.train.objective import Objective
+from polyrec.text.encoder import TextEncoder
+from polyrec.text.inputs import Whitening
+from polyrec.text.templates import render
+from tests.conftest import make_config, make_tables
+
+TEXT = ["text.item_template={name} tagged {tags}", "text.user_template=from {country}, aged {age}",
+        "text.user_history=3", "text.whiten_dim=8", "text.dim=4"]
+
+
+def text_config(tmp_path, *extra):
+    cfg = make_config()
+    return cfg.with_overrides(TEXT + [f"text.cache_dir={tmp_path / 'cache'}", "train.max_epochs=1", *extra])
+
+
+def test_encoder_caches_by_model_and_text(tmp_path):
+    first = TextEncoder(cache_dir=tmp_path, progress=False)
+    vectors = first.encode(["Toy Story (1995)", "Heat (1995)", "Toy Story (1995)"])
+    assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert np.array_equal(vectors[0], vectors[2]) and not np.allclose(vectors[0], vectors[1])
+    second = TextEncoder(cache_dir=tmp_path, progress=False)
+    assert np.array_equal(second.encode(["Heat (1995)"]), vectors[1:2])
+    assert second._model is None  # served from the cache: the language model was never loaded
+    mixed = second.encode(["Heat (1995)", "Alien (1979)"])  # one cached, one new
+    assert np.array_equal(mixed[0], vectors[1]) and second._model is not None
+
+
+def test_template_names_missing_column_and_renders_missing_values_empty():
+    frame = pd.DataFrame({"title": ["Heat", "Alien"], "year": [1995, None]})
+    assert render("{title} ({year})", frame, "t") == ["Heat (1995.0)", "Alien ()"]
+    with pytest.raises(DataError, match=r"text.item_template uses column\(s\) \['genres'\]"):
+        render("{title} {genres}", frame, "text.item_template")
+
+
+def test_whitening_decorrelates_to_unit_variance():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6)) + 3
+    white = Whitening.fit(x, 4)(x)
+    assert white.shape == (500, 4)
+    assert np.allclose(np.cov(white.T), np.eye(4), atol=1e-4) and np.allclose(white.mean(0), 0, atol=1e-5)
+
+
+def test_cold_items_never_reach_train_or_valid(config):
+    data = prepare(make_tables(), config.with_overrides(["data.cold_items=0.2"]))
+    cold = data.cold_items
+    assert len(cold) == 8
+    for samples in (data.train, data.valid.samples, data.valid.interactions):
+        assert not np.isin(samples.item.numpy(), cold).any()
+    assert np.isin(data.test.interactions.item.numpy(), cold).any()
+    assert data.test.restrict_items(cold).interactions.item.numpy().tolist() == [
+        i for i in data.test.interactions.item.numpy().tolist() if i in set(cold.tolist())]
+
+
+def test_gradients_reach_every_text_parameter(tmp_path):
+    cfg = text_config(tmp_path)
+    data = prepare(make_tables(), cfg)
+    model = build_model(cfg, data.encoder, data.users, data.items)
+    logits = model(data.train.user, data.train.item)
+    Objective.from_config(cfg).losses(logits, data.train.labels).sum().backward()
+    text_params = [n for n, _ in model.named_parameters() if ".text." in n]
+    assert len(text_params) >= 6
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+
+
+def test_text_model_trains_explains_and_round_trips(tmp_path):
+    rec = MultiTaskRecommender(text_config(tmp_path)).fit(make_tables())
+    items = rec.recommend("u3", k=5)
+    assert len(items) == 5 and all(len(it["because"]) == 2 for it in items)
+    seen = {rec.catalog.titles[i] for i in rec.history[rec.catalog.user_index["u3"]]}
+    assert all(set(it["because"]) <= seen for it in items)
+    rec.save(tmp_path / "run")
+    loaded = MultiTaskRecommender.load(tmp_path / "run")
+    users, item_ids = ["u1", "u2", "u3"], ["i1", "i5", "i9"]
+    pd.testing.assert_frame_equal(rec.predict(users, item_ids), loaded.predict(users, item_ids))
+
+
+def test_new_item_and_new_user_are_recommendable_without_retraining(tmp_path):
+    rec = MultiTaskRecommender(text_config(tmp_path)).fit(make_tables())
+    n_items = len(rec.catalog.item_ids)
+    rec.add_items(pd.DataFrame({"item": ["fresh"], "name": ["Item 3"], "tags": ["c|a|d"]}))  # no price
+    rec.add_users(pd.DataFrame({"user": ["newbie"], "country": ["de"], "age": [33]}))
+    assert len(rec.catalog.item_ids) == n_items + 1
+    scores = rec.predict(["u1", "newbie"], ["fresh", "fresh"])
+    assert np.isfinite(scores.drop(columns=["user_id", "item_id"]).to_numpy()).all()
+    ranked = rec.recommend("newbie", k=n_items + 1)
+    assert len(ranked) == n_items + 1 and "fresh" in {it["item_id"] for it in ranked}
+    assert all("because" not in it for it in ranked)  # no history, nothing to explain with
+    # a new item with the same text as a known one is scored like that item would be without its ID
+    with pytest.raises(DataError, match="already known"):
+        rec.add_items(pd.DataFrame({"item": ["i3"], "name": ["x"]}))
+    with pytest.raises(DataError, match="need an 'user' column"):
+        rec.add_users(pd.DataFrame({"id": ["x"]}))
+
+
+def test_lora_fine_tunes_adapters_only_and_bundles_them(tmp_path):
+    cfg = text_config(tmp_path, "text.mode=lora", "text.lora_rank=2", "train.batch_size=128")
+    rec = MultiTaskRecommender(cfg)
+    tables = make_tables(n_users=12, n_items=15, per_user=6)
+    data = prepare(tables, cfg)
+    before = {k: v.clone() for k, v in rec._lora_encoder(data.text).state_dict().items() if "lora_B" in k}
+    rec.fit_prepared(data)
+    after = {k: v for k, v in rec.model.item_encoder.state_dict().items() if "lora_B" in k}
+    assert before and any(not torch.equal(before[k], after[k]) for k in before)  # adapters trained
+    frozen = [n for n, p in rec.model.item_encoder.named_parameters() if not p.requires_grad]
+    assert frozen and all("lora_" not in n for n in frozen)
+    rec.save(tmp_path / "run")
+    assert (tmp_path / "run" / "model.safetensors").stat().st_size < 5_000_000  # base model left out
+    loaded = MultiTaskRecommender.load(tmp_path / "run")
+    pd.testing.assert_frame_equal(rec.predict(["u1", "u2"], ["i1", "i4"]), loaded.predict(["u1", "u2"], ["i1", "i4"]))
