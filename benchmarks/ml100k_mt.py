@@ -46,8 +46,9 @@ def model_config(base: Config, name: str, max_epochs: int) -> Config:
     arch, _, suffix = name.partition("_")
     if suffix not in ("", "esmm"):
         raise SystemExit(f"unknown model '{name}': use ARCH or ARCH_esmm with ARCH in single/sharedbottom/mmoe/ple")
-    return base.with_overrides([f"model.arch={arch}", f"model.esmm={suffix == 'esmm'}",
-                                f"train.max_epochs={max_epochs}", "train.progress=false"])
+    # the protocol's inputs are IDs and categorical side features: no text, no ID dropout
+    return base.with_overrides([f"model.arch={arch}", f"model.esmm={suffix == 'esmm'}", "text=null",
+                                "model.oov_dropout={}", f"train.max_epochs={max_epochs}", "train.progress=false"])
 
 
 def select_tasks(config: Config, names: list[str]) -> Config:

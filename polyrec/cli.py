@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -71,8 +72,12 @@ def print_recommendations(user: str, items: list[dict], score_names: list[str]) 
     table.add_column("title")
     for name in score_names:
         table.add_column(name, justify="right")
+    explained = any("because" in row for row in items)
+    if explained:
+        table.add_column("because you watched")
     for row in items:
-        table.add_row(str(row["rank"]), row["item_id"], row["title"], *[f"{row[n]:.3f}" for n in score_names])
+        table.add_row(str(row["rank"]), row["item_id"], row["title"], *[f"{row[n]:.3f}" for n in score_names],
+                      *(["; ".join(row.get("because", []))] if explained else []))
     console.print(table)
 
 
@@ -123,16 +128,38 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a directory written by `p
         print_ranking_table(metrics["ranking"])
 
 
+def _json_rows(value: str, option: str) -> pd.DataFrame:
+    """An inline JSON object or list of objects, or ``@path`` to a JSON file holding one."""
+    try:
+        raw = json.loads(Path(value[1:]).read_text() if value.startswith("@") else value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{option}: not valid JSON ({err}); give an object such as "
+                         '\'{"item_id": "x", "title": "..."}\' or @file.json') from None
+    rows = [raw] if isinstance(raw, dict) else raw
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{option}: expected a JSON object or a non-empty list of objects")
+    return pd.DataFrame(rows)
+
+
 @app.command()
 @_guarded
 def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
-              user: str = typer.Option(..., "--user", "-u", help="user id"),
+              user: Optional[str] = typer.Option(None, "--user", "-u", help="user id (default: the --new-user's id)"),
               k: int = typer.Option(10, "-k", help="number of items"),
+              new_item: list[str] = typer.Option([], "--new-item", help="a new item as JSON (id, fields, text "
+                                                 "columns) or @file.json; scored from its features and text"),
+              new_user: Optional[str] = typer.Option(None, "--new-user", help="a new user profile as JSON or @file.json"),
               as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
-    """Top-k items for a user, with titles and the score of every task."""
+    """Top-k items for a user, with titles, the score of every task and "because you watched" items."""
     from polyrec.recommender import MultiTaskRecommender
 
     rec = MultiTaskRecommender.load(run_dir)
+    for value in new_item:
+        rec.add_items(_json_rows(value, "--new-item"))
+    if new_user is not None:
+        user = user or rec.add_users(_json_rows(new_user, "--new-user"))[0]
+    if user is None:
+        raise ValueError("give --user ID (or --new-user PROFILE)")
     items = rec.recommend(user, k)
     if as_json:
         print(json.dumps({"user_id": user, "rank_by": rec._rank_by(), "items": items}, indent=2))

@@ -150,7 +150,7 @@ class TextSpec(_Strict):
     whiten_dim: int = Field(64, gt=0)
     adaptor_experts: int = Field(4, gt=0)
     lora_rank: int = Field(8, gt=0)
-    batch_size: int = Field(256, gt=0)
+    batch_size: int = Field(64, gt=0)
     max_length: int = Field(64, gt=0)
     cache_dir: str | None = None
 

@@ -117,3 +117,22 @@ def test_lora_fine_tunes_adapters_only_and_bundles_them(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").stat().st_size < 5_000_000  # base model left out
     loaded = MultiTaskRecommender.load(tmp_path / "run")
     pd.testing.assert_frame_equal(rec.predict(["u1", "u2"], ["i1", "i4"]), loaded.predict(["u1", "u2"], ["i1", "i4"]))
+
+
+def test_cli_recommends_new_items_to_a_new_user(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from polyrec.cli import app
+    rec = MultiTaskRecommender(text_config(tmp_path)).fit(make_tables())
+    run = str(rec.save(tmp_path / "run"))
+    (tmp_path / "item.json").write_text(json.dumps([{"item": "brand-new", "name": "Item 7", "tags": "a"}]))
+    out = CliRunner().invoke(app, ["recommend", run, "--new-user", '{"user": "nu", "country": "fr", "age": 30}',
+                                   "--new-item", f"@{tmp_path / 'item.json'}", "-k", "41", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert result["user_id"] == "nu" and len(result["items"]) == 41
+    assert "brand-new" in {it["item_id"] for it in result["items"]}
+    bad = CliRunner().invoke(app, ["recommend", run, "--user", "u1", "--new-item", "{oops"])
+    assert bad.exit_code == 2 and "--new-item: not valid JSON" in bad.output

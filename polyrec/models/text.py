@@ -16,6 +16,10 @@ class TextAdaptor(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, experts: int):
         super().__init__()
         self.whitenings = GroupedLinear(in_dim, out_dim, experts)  # (x - b)·W is x·W + (-b·W): a biased linear
+        # Start at the scale of the ID embeddings (std 1e-2): unit-variance whitened text behind a
+        # default-initialized layer would drown the IDs' signal for the first epochs.
+        nn.init.normal_(self.whitenings.weight, std=1e-2 / in_dim ** 0.5)
+        nn.init.zeros_(self.whitenings.bias)
         self.gate = nn.Linear(in_dim, experts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
