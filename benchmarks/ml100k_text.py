@@ -107,12 +107,22 @@ def markdown(result: dict) -> str:
     lines.append("| variant | train samples/s | slowdown vs id |")
     lines.append("|---|---|---|")
     for name, v in result["variants"].items():
-        lines.append(f"| {name} | {v['train_samples_per_s']:,.0f} | {v['slowdown_vs_id']:.2f}× |")
+        slowdown = f"{v['slowdown_vs_id']:.2f}×" if v.get("slowdown_vs_id") else "–"
+        lines.append(f"| {name} | {v['train_samples_per_s']:,.0f} | {slowdown} |")
     enc = result["encoding"]
     lines += ["", f"Encoding {enc['texts']:,} movie texts with an empty cache: {enc['encode_seconds']:.1f} s "
               f"(plus {enc['load_seconds']:.1f} s to load the language model); from the cache: "
               f"{enc['cached_seconds']:.2f} s."]
     return "\n".join(lines) + "\n"
+
+
+def write(result: dict, out: Path) -> None:
+    id_rate = {v["arch"]: v["train_samples_per_s"] for v in result["variants"].values() if v["variant"] == "id"}
+    for v in result["variants"].values():
+        v["slowdown_vs_id"] = id_rate[v["arch"]] / v["train_samples_per_s"] if v["arch"] in id_rate else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ml100k_text.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "ml100k_text.md").write_text(markdown(result))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,17 +156,11 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['cold']['watch_auc']:.4f} like {r['cold']['like_auc']:.4f} | {r['epochs']} epochs "
                       f"{r['train_samples_per_s']:,.0f}/s", flush=True)
             name = f"{arch}/{variant}" if len(archs) > 1 else variant
-            result["variants"][name] = {"arch": arch, "seeds": seeds, "all": summarize(runs, "all"),
-                                        "cold": summarize(runs, "cold"), "runs": runs,
+            result["variants"][name] = {"arch": arch, "variant": variant, "seeds": seeds,
+                                        "all": summarize(runs, "all"), "cold": summarize(runs, "cold"), "runs": runs,
                                         "train_samples_per_s": statistics.median(
                                             r["train_samples_per_s"] for r in runs)}
-        id_rate = result["variants"].get(f"{arch}/id" if len(archs) > 1 else "id", {}).get("train_samples_per_s")
-        for name, v in result["variants"].items():
-            if v["arch"] == arch:
-                v["slowdown_vs_id"] = (id_rate / v["train_samples_per_s"]) if id_rate else float("nan")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ml100k_text.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "ml100k_text.md").write_text(markdown(result))
+            write(result, args.out)  # after every variant, so a long run leaves its results so far
     print(markdown(result))
 
 

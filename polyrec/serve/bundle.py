@@ -3,7 +3,8 @@
 Layout: ``model.safetensors``, ``config.json``, ``features.json`` (vocabularies and
 statistics), ``catalog.json`` (ids, titles), ``history.parquet`` (interactions
 excluded when recommending), ``eval/test/*.parquet`` (what ``evaluate`` rescores),
-``metrics.json`` and ``train_log.jsonl``. Nothing is pickled.
+``metrics.json`` and ``train_log.jsonl``; with text, ``text.safetensors`` (whitening of new texts).
+Nothing is pickled.
 """
 from __future__ import annotations
 
