@@ -131,7 +131,7 @@ def test_cli_recommends_new_items_to_a_new_user(tmp_path):
     out = CliRunner().invoke(app, ["recommend", run, "--new-user", '{"user": "nu", "country": "fr", "age": 30}',
                                    "--new-item", f"@{tmp_path / 'item.json'}", "-k", "41", "--json"])
     assert out.exit_code == 0, out.output
-    result = json.loads(out.output)
+    result = json.loads(out.stdout)  # stderr may carry the model loader's progress bar
     assert result["user_id"] == "nu" and len(result["items"]) == 41
     assert "brand-new" in {it["item_id"] for it in result["items"]}
     bad = CliRunner().invoke(app, ["recommend", run, "--user", "u1", "--new-item", "{oops"])
