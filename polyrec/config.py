@@ -164,10 +164,6 @@ class TextSpec(_Strict):
             raise ValueError("text.user_history pools item texts: it needs text.item_template")
         return self
 
-    @property
-    def uses_user_text(self) -> bool:
-        return bool(self.user_template or self.user_history)
-
 
 class WeightingSpec(_Strict):
     method: str = "static"

@@ -1,6 +1,7 @@
 """The user-facing estimator: fit, evaluate, predict, recommend, save, load."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -148,7 +149,7 @@ class MultiTaskRecommender:
         side = self._encode_new(items, "item")
         if self.config.text is not None and self.config.text.item_template:
             texts = render(self.config.text.item_template, items, "new item text")
-            side.text = torch.from_numpy(self.text.item_whitening(self._text_encoder().encode(texts)))
+            side.text = torch.from_numpy(self.text.item_whitening(self._text_encoder.encode(texts)))
             if self.model.item_encoder is not None:
                 from polyrec.text.lora import tokenize
                 self.model.item_encoder.append(*tokenize(self.config.text, texts))
@@ -166,7 +167,7 @@ class MultiTaskRecommender:
         if spec is not None and spec.user_template:
             # the profile leads the user text; the history part stays zero (no history yet)
             text = np.zeros((len(users), self.model.tables.user_text.shape[1]), np.float32)
-            profile = self.text.profile_whitening(self._text_encoder().encode(
+            profile = self.text.profile_whitening(self._text_encoder.encode(
                 render(spec.user_template, users, "new user text")))
             text[:, :profile.shape[1]] = profile
             side.text = torch.from_numpy(text)
@@ -192,6 +193,7 @@ class MultiTaskRecommender:
                 frame[spec.col] = None
         return self.encoder.transform(frame.reset_index(drop=True), side)
 
+    @functools.cached_property
     def _text_encoder(self):
         from polyrec.text.encoder import TextEncoder
         spec = self.config.text
@@ -209,7 +211,7 @@ class MultiTaskRecommender:
         """Write the run directory atomically: it appears complete or not at all."""
         model = self._require_model()
         with staged_dir(Path(path)) as tmp:
-            frozen = model.item_encoder.frozen_keys("item_encoder.") if model.item_encoder is not None else set()
+            frozen = model.frozen_keys()
             save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in frozen}, tmp / WEIGHTS)
             if self.text is not None:
                 save_file(self.text.tensors(), tmp / TEXT_WEIGHTS)
@@ -248,7 +250,7 @@ class MultiTaskRecommender:
         rec.model = rec._build(side("user", multi[:n_user_multi]), side("item", multi[n_user_multi:]),
                                rec._lora_encoder(rec.text, state))
         missing, unexpected = rec.model.load_state_dict(state, strict=False)
-        frozen = rec.model.item_encoder.frozen_keys("item_encoder.") if rec.model.item_encoder is not None else set()
+        frozen = rec.model.frozen_keys()
         if set(missing) - frozen or unexpected:
             raise DataError(f"{path / WEIGHTS} does not match its config: missing {sorted(set(missing) - frozen)[:5]}, "
                             f"unexpected {unexpected[:5]}")

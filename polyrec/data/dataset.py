@@ -154,8 +154,8 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
 
     # train and valid negatives never show a cold item either
     cold_pairs = (np.arange(len(catalog.user_ids))[:, None] * len(catalog.item_ids) + cold_items).ravel()
-    excluded = {TRAIN: np.union1d(interacted, cold_pairs), VALID: np.union1d(interacted, cold_pairs),
-                TEST: interacted}
+    with_cold = np.union1d(interacted, cold_pairs)
+    excluded = {TRAIN: with_cold, VALID: with_cold, TEST: interacted}
     rng = np.random.default_rng(config.train.seed)
     neg_labels = np.full(len(tasks), np.nan, np.float32)
     for t, task in enumerate(tasks):

@@ -83,6 +83,10 @@ class MultiTaskModel(nn.Module):
                 if value is not None:
                     bias[g].fill_(value)
 
+    def frozen_keys(self) -> set[str]:
+        """State keys a bundle leaves out: the base language model's weights (LoRA mode)."""
+        return self.item_encoder.frozen_keys("item_encoder.") if self.item_encoder is not None else set()
+
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

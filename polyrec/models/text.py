@@ -1,4 +1,4 @@
-"""Language-model text as a model input: the adaptor, the text block, and the LoRA item encoder."""
+"""Language-model text as a model input: the adaptor and the text block (LoRA encoder: polyrec/text/lora.py)."""
 from __future__ import annotations
 
 import torch

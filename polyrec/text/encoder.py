@@ -32,8 +32,13 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_sentence_model(name: str):
+def offline() -> None:
+    """Never reach for the network by default; must run before transformers is first imported."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def load_sentence_model(name: str):
+    offline()
     from sentence_transformers import SentenceTransformer
     try:
         return SentenceTransformer(resolve_model(name), device="cpu")

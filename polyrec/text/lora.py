@@ -1,20 +1,18 @@
 """The language model fine-tuned with LoRA adapters (peft), jointly with the multi-task loss."""
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from polyrec.config import TextSpec
-from polyrec.text.encoder import resolve_model
+from polyrec.text.encoder import offline, resolve_model
 
 
 def tokenize(spec: TextSpec, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) [n, L] for every catalog text, computed once."""
+    offline()
     from transformers import AutoTokenizer
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     batch = AutoTokenizer.from_pretrained(resolve_model(spec.model))(
         texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")
     return batch["input_ids"], batch["attention_mask"]
@@ -32,9 +30,9 @@ class LoraItemEncoder(nn.Module):
     def __init__(self, spec: TextSpec, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  whiten_mean: torch.Tensor, whiten_projection: torch.Tensor, batch_size: int = 256):
         super().__init__()
+        offline()
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModel
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         base = AutoModel.from_pretrained(resolve_model(spec.model))
         self.lm = get_peft_model(base, LoraConfig(r=spec.lora_rank, lora_alpha=2 * spec.lora_rank,
                                                   lora_dropout=0.0))
