@@ -21,6 +21,7 @@ from polyrec.serve.explain import nearest_items
 from polyrec.text.inputs import TextInputs
 from polyrec.text.templates import render
 from polyrec.train.objective import Objective
+from polyrec.train.steplog import write_step_log
 from polyrec.train.trainer import TrainResult, seed_everything, train
 from polyrec.weighting import build_weighting
 
@@ -226,6 +227,8 @@ class MultiTaskRecommender:
                 with (tmp / "train_log.jsonl").open("w") as log:
                     for record in self.result.history:
                         log.write(json.dumps(record) + "\n")
+                write_step_log(tmp, self.objective.names, self.result.step_losses, self.result.step_weights,
+                               self.config.weighting.method)
             if metrics is not None:
                 write_json(tmp / "metrics.json", metrics)
         return Path(path)

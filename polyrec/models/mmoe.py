@@ -15,5 +15,6 @@ class MMoE(nn.Module):
 
     def forward(self, x):
         experts = self.experts(x)                  # [B, E, H]
+        self.shared = experts                      # what every task reads (representation-level weighting)
         gates = torch.softmax(self.gates(x), -1)   # [B, T, E]
         return torch.bmm(gates, experts)           # [B, T, H]

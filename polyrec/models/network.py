@@ -4,14 +4,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polyrec.config import ModelSpec, TextSpec
+from polyrec.config import ConfigError, ModelSpec, TextSpec
 from polyrec.models.layers import FeatureEmbedding, FeatureTables, GroupedLinear, GroupedMLP
 from polyrec.models.mmoe import MMoE
 from polyrec.models.ple import PLE
 from polyrec.models.sharedbottom import SharedBottom
 from polyrec.models.text import TextBlock
 
-# An architecture maps [B, D] inputs to [B, T, H] per-task representations.
+# An architecture maps [B, D] inputs to [B, T, H] per-task representations and keeps, as
+# ``shared``, the last tensor of its forward pass that every task reads.
 ARCHITECTURES = {"sharedbottom": SharedBottom, "mmoe": MMoE, "ple": PLE}
 
 
@@ -72,6 +73,22 @@ class MultiTaskModel(nn.Module):
         if self.item_encoder is not None:
             item_text = self.item_encoder(item)
         return torch.cat([net(cat, multi, num, item_text, user_text) for net in self.nets], 1)
+
+    @property
+    def shared_representation(self) -> torch.Tensor:
+        """The shared body's output from the last training forward pass, for weighting methods
+        that balance task gradients at the representation instead of at the shared parameters."""
+        if len(self.nets) > 1:
+            raise ConfigError("this weighting method balances task gradients at the shared representation, "
+                              "and model.arch 'single' shares none: use sharedbottom, mmoe or ple")
+        return self.nets[0].body.shared
+
+    def task_parameters(self) -> set[nn.Parameter]:
+        """Parameters that belong to one task only (towers and output heads); the rest are shared."""
+        if len(self.nets) > 1:
+            return set(self.parameters())
+        net = self.nets[0]
+        return set(net.towers.parameters()) | set(net.heads.parameters())
 
     def set_output_bias(self, values: list[float | None]) -> None:
         """Start each task's output at a given value (e.g. the mean rating), so regression

@@ -30,6 +30,7 @@ class CGCLevel(nn.Module):
         # x: [B, D] at the first level, else [B, T+1, D] (one input per task, then the shared one)
         if x.dim() == 2:
             experts, gate_in = self.experts(x), [x] * len(self.gates)
+            self.shared = experts
         else:
             experts, gate_in = self.experts(x[:, self.expert_input]), x.unbind(1)
         weights = [torch.zeros(x.shape[0], self.n_experts, device=x.device).index_copy(
@@ -50,3 +51,8 @@ class PLE(nn.Module):
         for level in self.levels:
             x = level(x)
         return x  # [B, T, H]
+
+    @property
+    def shared(self):
+        # the first level's experts: every task reads all of them (through the shared gate above)
+        return self.levels[0].shared

@@ -13,4 +13,5 @@ class SharedBottom(nn.Module):
 
     def forward(self, x):
         # x: [B, D] -> [B, T, H], the same representation for every task
-        return self.bottom(x).expand(-1, self.n_tasks, -1)
+        self.shared = self.bottom(x)  # [B, 1, H]
+        return self.shared.expand(-1, self.n_tasks, -1)

@@ -23,6 +23,8 @@ class TrainResult:
     epochs: int
     history: list[dict] = field(default_factory=list)
     train_samples_per_s: float = 0.0
+    step_losses: list[list[float]] = field(default_factory=list)   # per training step, per task
+    step_weights: list[list[float]] = field(default_factory=list)
 
 
 def seed_everything(seed: int, threads: int | None) -> None:
@@ -41,15 +43,14 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
               data: Samples, batch_size: int, generator: torch.Generator, progress: str | None = None):
     """One pass over ``data`` in shuffled batches taken by index from whole tensors.
 
-    Returns (mean task losses [T], mean task weights [T], seconds).
+    Returns (task losses [steps, T], task weights [steps, T], seconds).
     """
     model.train()
     n = len(data)
     # BatchNorm cannot train on a single row: a trailing batch of one is dropped.
     n_batches = n // batch_size + int(n % batch_size > 1)
     order = torch.randperm(n, generator=generator)
-    loss_sum = torch.zeros(len(objective.tasks))
-    weight_sum = torch.zeros(len(objective.tasks))
+    step_losses, step_weights = [], []
     bar = tqdm(range(n_batches), desc=progress, disable=progress is None, leave=False, mininterval=0.5)
     start = time.perf_counter()
     for step in bar:
@@ -59,11 +60,11 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
         weights = weighting.backward(losses, model)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_sum += losses.detach()
-        weight_sum += weights.detach()
+        step_losses.append(losses.detach())
+        step_weights.append(weights.detach())
         if progress is not None and step % 20 == 0:
-            bar.set_postfix({k: f"{v:.4f}" for k, v in zip(objective.names, (loss_sum / (step + 1)).tolist())})
-    return loss_sum / n_batches, weight_sum / n_batches, time.perf_counter() - start
+            bar.set_postfix({k: f"{v:.4f}" for k, v in zip(objective.names, losses.tolist())})
+    return torch.stack(step_losses), torch.stack(step_weights), time.perf_counter() - start
 
 
 def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples,
@@ -78,19 +79,22 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
     generator = torch.Generator().manual_seed(spec.seed)
     n = len(train_data)
     best_score, best_state, best_epoch, best_valid, waited = -np.inf, None, -1, {}, 0
-    history, throughput = [], []
+    history, throughput, step_losses, step_weights = [], [], [], []
     for epoch in range(spec.max_epochs):
-        loss_sum, weight_sum, seconds = run_epoch(model, objective, weighting, optimizer, train_data,
+        losses, weights, seconds = run_epoch(model, objective, weighting, optimizer, train_data,
                                                   spec.batch_size, generator,
                                                   f"epoch {epoch + 1}/{spec.max_epochs}" if spec.progress else None)
         throughput.append(n / seconds)
-        if not torch.isfinite(loss_sum).all():
+        step_losses += losses.tolist()
+        step_weights += weights.tolist()
+        mean_loss = losses.mean(0)
+        if not torch.isfinite(mean_loss).all():
             raise FloatingPointError(f"epoch {epoch + 1}: a task loss became non-finite "
-                                     f"{dict(zip(objective.names, loss_sum.tolist()))}; lower train.lr")
+                                     f"{dict(zip(objective.names, mean_loss.tolist()))}; lower train.lr")
         metrics = evaluate(model, objective, valid, n_items, [], ranking=False)
         score = mean_auc(metrics, objective)
-        record = {"epoch": epoch + 1, "train_loss": dict(zip(objective.names, loss_sum.tolist())),
-                  "task_weight": dict(zip(objective.names, weight_sum.tolist())),
+        record = {"epoch": epoch + 1, "train_loss": dict(zip(objective.names, mean_loss.tolist())),
+                  "task_weight": dict(zip(objective.names, weights.mean(0).tolist())),
                   "valid": metrics, "valid_mean_auc": score, "seconds": seconds, "samples_per_s": n / seconds}
         history.append(record)
         if spec.progress:
@@ -106,4 +110,5 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
     model.load_state_dict(best_state)
     # steady state: the first epoch includes allocator and thread-pool warm-up
     steady = throughput[1:] or throughput
-    return TrainResult(best_epoch, best_valid, len(history), history, float(np.median(steady)))
+    return TrainResult(best_epoch, best_valid, len(history), history, float(np.median(steady)),
+                       step_losses, step_weights)

@@ -1,9 +1,25 @@
-"""Task weighting methods, by the name used in ``weighting.method``."""
+"""Task weighting methods, by the name used in ``weighting.method``.
+
+Cost per training step, relative to one backward pass:
+one backward — static, uncertainty, dwa, famo;
+one backward + per-task gradients at the shared representation (task layers only) —
+gradnorm, mgda_ub, multibalance; one backward per task — pcgrad.
+"""
 from polyrec.config import ConfigError, TaskSpec, WeightingSpec
 from polyrec.weighting.base import Weighting
+from polyrec.weighting.dwa import DWA
+from polyrec.weighting.famo import FAMO
+from polyrec.weighting.gradnorm import GradNorm
+from polyrec.weighting.mgda import MGDA
+from polyrec.weighting.multibalance import MultiBalance
+from polyrec.weighting.pcgrad import PCGrad
 from polyrec.weighting.static import Static
+from polyrec.weighting.uncertainty import Uncertainty
 
-WEIGHTINGS: dict[str, type[Weighting]] = {"static": Static}
+WEIGHTINGS: dict[str, type[Weighting]] = {
+    "static": Static, "uncertainty": Uncertainty, "dwa": DWA, "gradnorm": GradNorm, "pcgrad": PCGrad,
+    "mgda_ub": MGDA, "famo": FAMO, "multibalance": MultiBalance,
+}
 
 
 def build_weighting(spec: WeightingSpec, tasks: list[TaskSpec]) -> Weighting:

@@ -1,9 +1,13 @@
 """The weighting interface: how per-task losses become gradients.
 
 A method sees the per-task losses and the model, calls backward itself (once, or
-once per task if it needs per-task gradients) and returns the task weights it used,
-for logging. It may own trainable parameters (they are optimized with the model).
+once per task if it needs per-task gradients) and returns the task weights it used
+(or, for methods that reshape gradients, each task's effective gradient scale), for
+logging. It may own trainable parameters (they are optimized with the model).
 The trainer knows nothing else about it.
+
+Loss weights are reported on the scale of equal static weights (they sum to the number
+of tasks), so runs of different methods plot on one axis.
 """
 from __future__ import annotations
 
@@ -21,3 +25,21 @@ class Weighting(nn.Module):
     def backward(self, losses: torch.Tensor, model: nn.Module) -> torch.Tensor:
         """Accumulate gradients for ``losses`` [T]; return the weights applied [T]."""
         raise NotImplementedError
+
+
+def representation_grads(losses: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Each task's gradient w.r.t. the model's shared representation, flattened: [T, N].
+
+    Autograd only walks from each loss down to the representation (towers and gates),
+    never through the shared body, so this costs a fraction of one backward pass.
+    """
+    rep = model.shared_representation
+    grads = [torch.autograd.grad(loss, rep, retain_graph=True, allow_unused=True)[0] for loss in losses]
+    return torch.stack([torch.zeros_like(rep).flatten() if g is None else g.flatten() for g in grads])
+
+
+def weighted_backward(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One backward of Σ w_i ℓ_i with ``weights`` rescaled to sum to T (the scale of static weighting)."""
+    weights = (weights * len(weights) / weights.sum()).detach()
+    (weights * losses).sum().backward()
+    return weights

@@ -1,0 +1,35 @@
+"""GradNorm (Chen et al., ICML 2018), at the shared representation.
+
+Learned weights w_i are pulled so that each weighted task gradient norm G_i = w_i·‖∇ℓ_i‖
+approaches mean(G)·r_i^α, where r_i is task i's loss relative to its first loss, over
+the mean of those ratios (tasks that trained slower get larger gradients). As in the
+paper, the norms are taken at the last shared layer, here its output (the shared
+representation): per-task gradients through the task-specific layers only, then one
+backward of Σ w_i ℓ_i. Weights are renormalized to sum to T before every step.
+"""
+import torch
+from torch import nn
+
+from polyrec.weighting.base import Weighting, representation_grads
+
+
+class GradNorm(Weighting):
+    def __init__(self, tasks, alpha: float = 1.5):
+        super().__init__(tasks)
+        self.alpha = alpha
+        self.weights = nn.Parameter(torch.ones(len(tasks)))
+        self.register_buffer("initial_loss", torch.zeros(len(tasks)))
+
+    def backward(self, losses, model):
+        with torch.no_grad():  # the paper's renormalization, after the previous optimizer step
+            self.weights.clamp_(min=1e-3).mul_(len(losses) / self.weights.sum())
+            if not self.initial_loss.any():
+                self.initial_loss.copy_(losses.clamp(min=1e-12))
+        norms = representation_grads(losses, model).norm(dim=1)
+        weighted_norms = self.weights * norms
+        ratio = losses.detach() / self.initial_loss
+        target = weighted_norms.mean().detach() * (ratio / ratio.mean()) ** self.alpha
+        self.weights.grad = torch.autograd.grad((weighted_norms - target).abs().sum(), self.weights)[0]
+        used = self.weights.detach().clone()
+        (used * losses).sum().backward()
+        return used

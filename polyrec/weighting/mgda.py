@@ -1,0 +1,46 @@
+"""MGDA-UB (Sener & Koltun, NeurIPS 2018): the min-norm convex combination of task gradients,
+taken at the shared representation (the paper's upper bound), so only one backward pass
+goes through the shared body.
+
+``normalize``: ``loss+`` divides each task gradient by its loss times its norm (the
+paper's choice on mixed losses), ``l2`` by its norm, ``none`` leaves it.
+"""
+import torch
+
+from polyrec.weighting.base import Weighting, representation_grads, weighted_backward
+
+
+def min_norm_weights(grads: torch.Tensor, iterations: int = 50) -> torch.Tensor:
+    """α on the simplex minimizing ‖Σ α_i g_i‖ for grads [T, N], by Frank-Wolfe with exact line search."""
+    gram = grads @ grads.T
+    alpha = torch.full((len(grads),), 1 / len(grads), dtype=grads.dtype)
+    for _ in range(iterations):
+        toward = int(torch.argmin(gram @ alpha))
+        # line search on ‖(1-γ)·v + γ·g_t‖² where v = Σ α_i g_i
+        vv, vg, gg = alpha @ gram @ alpha, (gram @ alpha)[toward], gram[toward, toward]
+        if vv - 2 * vg + gg <= 1e-20:
+            break
+        gamma = ((vv - vg) / (vv - 2 * vg + gg)).clamp(0, 1)
+        if gamma < 1e-8:
+            break
+        alpha = (1 - gamma) * alpha
+        alpha[toward] += gamma
+    return alpha
+
+
+class MGDA(Weighting):
+    def __init__(self, tasks, normalize: str = "loss+"):
+        super().__init__(tasks)
+        if normalize not in ("loss+", "l2", "none"):
+            raise TypeError(f"normalize must be 'loss+', 'l2' or 'none', not {normalize!r}")
+        self.normalize = normalize
+
+    def backward(self, losses, model):
+        grads = representation_grads(losses, model)
+        scale = torch.ones(len(losses))
+        if self.normalize != "none":
+            scale = grads.norm(dim=1).clamp(min=1e-12)
+            if self.normalize == "loss+":
+                scale = scale * losses.detach().clamp(min=1e-12)
+        alpha = min_norm_weights(grads / scale[:, None])
+        return weighted_backward(losses, alpha / scale)
