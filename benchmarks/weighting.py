@@ -78,14 +78,17 @@ def step_seconds(cfg: Config, data: PreparedData, steps: int = 60) -> float:
     return statistics.median(times[10:])
 
 
-def run_speed(base: Config, data: PreparedData, methods: list[str], archs: list[str], rounds: int = 3) -> dict:
-    """Methods alternate within each round so machine noise hits all of them alike."""
+def run_speed(base: Config, data: PreparedData, methods: list[str], archs: list[str], rounds: int = 5) -> dict:
+    """Methods alternate within each round so machine noise hits all of them alike; the first
+    round only warms the process up."""
     times = {(m, a): [] for m in methods for a in archs}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for arch in archs:
             for method in methods:
                 cfg = base.with_overrides([f"model.arch={arch}", f"weighting.method={method}"])
-                times[method, arch].append(step_seconds(cfg, data))
+                seconds = step_seconds(cfg, data)
+                if round_:
+                    times[method, arch].append(seconds)
     out = {}
     for arch in archs:
         static = statistics.median(times["static", arch])

@@ -1,4 +1,4 @@
-"""`polyrec` command line: train, evaluate, recommend, quickstart."""
+"""`polyrec` command line: train, distill, evaluate, recommend, quickstart."""
 from __future__ import annotations
 
 import functools
@@ -19,6 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="polyrec: multi-task recommendation (train, evaluate, recommend).")
 console = Console()
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ml100k.yaml"
+STUDENT_CONFIG = DEFAULT_CONFIG.with_name("student.yaml")
 
 
 def _fail(message: str) -> None:
@@ -81,16 +82,18 @@ def print_recommendations(user: str, items: list[dict], score_names: list[str]) 
     console.print(table)
 
 
-def train_run(config: Config, out: Path):
-    """Train, evaluate on test, and write the run directory; returns (recommender, metrics)."""
+def train_run(config: Config, out: Path, fit=None):
+    """Train (``fit()``, default: the config's model from scratch), evaluate on test, and write
+    the run directory; returns (recommender, metrics)."""
     from polyrec.recommender import MultiTaskRecommender
 
     start = time.perf_counter()
-    rec = MultiTaskRecommender(config).fit()
+    rec = fit() if fit is not None else MultiTaskRecommender(config).fit()
     seconds = time.perf_counter() - start
     metrics = {"valid": rec.result.best_valid, "test": rec.evaluate(), "best_epoch": rec.result.best_epoch,
                "epochs": rec.result.epochs, "train_seconds": seconds,
-               "train_samples_per_s": rec.result.train_samples_per_s, "params": rec.model.n_parameters()}
+               "train_samples_per_s": rec.result.train_samples_per_s, "params": rec.model.n_parameters(),
+               "serving_params": rec.model.n_serving_parameters()}
     rec.save(out, metrics)
     return rec, metrics
 
@@ -108,6 +111,27 @@ def train(config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YA
     if "ranking" in metrics["test"]:
         print_ranking_table(metrics["test"]["ranking"])
     console.print(f"run directory: [bold]{out}[/]")
+
+
+@app.command()
+@_guarded
+def distill(teacher: Path = typer.Option(..., "--teacher", "-t", help="run directory of the trained teacher"),
+            config: Path = typer.Option(STUDENT_CONFIG, "--config", "-c",
+                                        help="student YAML: the sections that differ from the teacher's config"),
+            overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a key, e.g. distill.soft_weight=1"),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/student-<time>)")):
+    """Train a small student from a trained teacher; writes a normal run directory."""
+    from polyrec.distill import distill as distill_student, student_config
+    from polyrec.recommender import MultiTaskRecommender
+
+    teacher_rec = MultiTaskRecommender.load(teacher)
+    cfg = student_config(teacher_rec.config, config, overrides)
+    out = out or Path("runs") / f"student-{time.strftime('%Y%m%d-%H%M%S')}"
+    _, metrics = train_run(cfg, out, lambda: distill_student(teacher_rec, cfg))
+    print_task_table(metrics)
+    if "ranking" in metrics["test"]:
+        print_ranking_table(metrics["test"]["ranking"])
+    console.print(f"run directory: [bold]{out}[/]  ({metrics['serving_params']:,} parameters at serving)")
 
 
 @app.command()

@@ -170,6 +170,34 @@ class WeightingSpec(_Strict):
     options: dict = Field(default_factory=dict)
 
 
+class DistillSpec(_Strict):
+    """Teacher → student signals for ``polyrec distill`` (each off at weight 0).
+
+    ``soft_weight`` mixes each task's loss as (1-w)·hard + w·soft, the soft part matching
+    the teacher's predictions on every training row (binary: cross-entropy against the
+    teacher's probabilities at ``temperature``, scaled by T²; regression: squared error).
+    ``ranking_weight`` adds, for ``ranking_users`` users per step, a ``listwise`` (KL of
+    the score softmaxes) or ``pairwise`` (RankNet on the teacher's order) loss over each
+    user's candidates: the teacher's top ``ranking_top`` unseen items plus random unseen
+    ones up to ``ranking_candidates``. ``unlabeled_per_user`` adds that many random
+    unseen (user, item) pairs per user, labelled by the teacher alone.
+    """
+    soft_weight: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    ranking_weight: float = Field(0.0, ge=0)
+    ranking_loss: Literal["listwise", "pairwise"] = "listwise"
+    ranking_candidates: int = Field(50, gt=1)
+    ranking_top: int = Field(20, ge=0)
+    ranking_users: int = Field(32, gt=0)
+    unlabeled_per_user: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillSpec:
+        if self.ranking_top > self.ranking_candidates:
+            raise ValueError("distill.ranking_top cannot exceed distill.ranking_candidates")
+        return self
+
+
 class TrainSpec(_Strict):
     batch_size: int = Field(1024, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -196,6 +224,7 @@ class Config(_Strict):
     weighting: WeightingSpec = Field(default_factory=WeightingSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    distill: DistillSpec | None = None   # read by `polyrec distill` only
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -51,8 +51,12 @@ class MultiTaskRecommender:
         seed_everything(self.config.train.seed, self.config.train.threads)
         return self.fit_prepared(prepare(tables if tables is not None else load_tables(self.config.data), self.config))
 
-    def fit_prepared(self, data: PreparedData) -> MultiTaskRecommender:
-        """Train on data already through :func:`~polyrec.data.dataset.prepare` (to reuse one split)."""
+    def fit_prepared(self, data: PreparedData, objective: Objective | None = None) -> MultiTaskRecommender:
+        """Train on data already through :func:`~polyrec.data.dataset.prepare` (to reuse one split).
+
+        ``objective`` replaces the config's training losses (distillation adds teacher terms);
+        evaluation always uses the config's own.
+        """
         cfg = self.config
         seed_everything(cfg.train.seed, cfg.train.threads)
         self.encoder, self.catalog, self.history = data.encoder, data.catalog, data.user_history
@@ -62,7 +66,7 @@ class MultiTaskRecommender:
         self.model.set_output_bias([float(np.nanmean(labels[:, t].numpy())) if task.kind == "regression" else None
                                     for t, task in enumerate(cfg.tasks)])
         weighting = build_weighting(cfg.weighting, cfg.tasks)
-        self.result = train(self.model, self.objective, weighting, data.train, data.valid,
+        self.result = train(self.model, objective or self.objective, weighting, data.train, data.valid,
                             len(self.catalog.item_ids), cfg.train)
         return self
 
@@ -132,7 +136,7 @@ class MultiTaskRecommender:
         ranking = scores[rank_by].clone()
         history = self.history.get(u, np.zeros(0, np.int64))
         if exclude_seen and len(history):
-            ranking[torch.from_numpy(history)] = -np.inf
+            ranking[torch.as_tensor(history.copy())] = -np.inf  # parquet arrays are read-only
         top = torch.sort(ranking, descending=True, stable=True).indices[:k]
         top = top[torch.isfinite(ranking[top])].tolist()
         because = nearest_items(model.tables.item_text, top, history, explain)

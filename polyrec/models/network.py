@@ -107,6 +107,12 @@ class MultiTaskModel(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def n_serving_parameters(self) -> int:
+        """What scoring needs: every parameter (a LoRA-tuned language model counts whole) plus the
+        cached text embeddings the model reads; a frozen model's text is those embeddings only."""
+        text = self.tables.user_text.numel() + (self.tables.item_text.numel() if self.item_encoder is None else 0)
+        return self.n_parameters() + text
+
 
 def build_model(config, encoder, users, items, item_encoder: nn.Module | None = None) -> MultiTaskModel:
     """The model a config describes, over encoded user and item tables."""

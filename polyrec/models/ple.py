@@ -30,9 +30,9 @@ class CGCLevel(nn.Module):
         # x: [B, D] at the first level, else [B, T+1, D] (one input per task, then the shared one)
         if x.dim() == 2:
             experts, gate_in = self.experts(x), [x] * len(self.gates)
-            self.shared = experts
         else:
             experts, gate_in = self.experts(x[:, self.expert_input]), x.unbind(1)
+        self.shared = experts  # [B, n_experts, H]
         weights = [torch.zeros(x.shape[0], self.n_experts, device=x.device).index_copy(
             1, idx.to(x.device), torch.softmax(gate(inp), -1)) for gate, inp, idx in zip(self.gates, gate_in, self.allowed)]
         return torch.bmm(torch.stack(weights, 1), experts)  # [B, T(+1), H]
@@ -54,5 +54,6 @@ class PLE(nn.Module):
 
     @property
     def shared(self):
-        # the first level's experts: every task reads all of them (through the shared gate above)
-        return self.levels[0].shared
+        # the top level's experts: each task reads its own and the shared ones (gradients
+        # from a task to another task's experts are zero), right below the task gates
+        return self.levels[-1].shared

@@ -41,6 +41,10 @@ class Objective:
         """Names of what :meth:`scores` returns: every task, then every joint."""
         return self.names + [t.joint for t, p in zip(self.tasks, self.parent) if p is not None and t.kind == "binary"]
 
+    def batch_losses(self, model: torch.nn.Module, data, idx: torch.Tensor) -> torch.Tensor:
+        """Per-task losses [T] of the training rows ``idx`` of ``data`` (what the trainer calls)."""
+        return self.losses(model(data.user[idx], data.item[idx]), data.labels[idx])
+
     def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         has_label = ~torch.isnan(labels)
         y = torch.nan_to_num(labels)

@@ -55,8 +55,7 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
     start = time.perf_counter()
     for step in bar:
         idx = order[step * batch_size:(step + 1) * batch_size]
-        logits = model(data.user[idx], data.item[idx])
-        losses = objective.losses(logits, data.labels[idx])
+        losses = objective.batch_losses(model, data, idx)
         weights = weighting.backward(losses, model)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,122 @@
+"""Teacher → student: label the student's training data with a trained teacher and fit the student.
+
+The student trains on the same split as the teacher (same data section and seed, checked),
+so the teacher has never seen the student's validation or test rows. A student with a
+``text`` section reads the teacher's precomputed item and user text embeddings: no
+language model runs while distilling or serving.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from polyrec.config import Config, ConfigError, DistillSpec
+from polyrec.data.dataset import PreparedData, Samples, prepare
+from polyrec.data.tables import DataError, Tables, load_tables
+from polyrec.distill.objective import DistillObjective, ranking_log_score
+from polyrec.evaluate.evaluator import predict_logits
+from polyrec.recommender import MultiTaskRecommender
+from polyrec.train.trainer import seed_everything
+
+# text settings that decide what the embeddings are; the student may change the rest (dim, adaptor)
+_TEXT_INPUTS = ("model", "item_template", "user_template", "user_history", "whiten_dim", "mode")
+
+
+def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None = None) -> MultiTaskRecommender:
+    """Train the student that ``config`` describes from ``teacher``; returns the fitted student."""
+    check_compatible(teacher, config)
+    spec = config.distill or DistillSpec()
+    seed_everything(config.train.seed, config.train.threads)
+    data = prepare(tables if tables is not None else load_tables(config.data),
+                   config.model_copy(update={"text": None}))
+    if data.catalog.user_ids != teacher.catalog.user_ids or data.catalog.item_ids != teacher.catalog.item_ids:
+        raise DataError("the student's data does not have the teacher's users and items: distill from the "
+                        "tables the teacher was trained on")
+    if config.text is not None:
+        data.text = teacher.text
+        data.items.text, data.users.text = teacher.text.item, teacher.text.user
+    data.train = with_unlabeled_pairs(data, spec.unlabeled_per_user, config.train.seed)
+    student = MultiTaskRecommender(config)
+    rank_task = student.objective.names.index(config.eval.rank_by or
+                                              next(t.name for t in config.tasks if t.kind == "binary"))
+    candidates = scores = torch.empty(0, 0)
+    if spec.ranking_weight:
+        candidates, scores = ranking_candidates(teacher, data, spec, rank_task, config.train.seed)
+    objective = DistillObjective(student.objective, spec, predict_logits(teacher.model, data.train.user, data.train.item),
+                                 candidates, scores, rank_task, config.train.seed)
+    return student.fit_prepared(data, objective)
+
+
+def student_config(teacher: Config, path: Path, overrides: list[str] | None = None) -> Config:
+    """The teacher's config with the student file's sections merged over it (nested keys
+    replace one by one), then ``overrides``: a student file names only what differs."""
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    return Config.from_dict(_merge(teacher.model_dump(), yaml.safe_load(path.read_text()) or {}), overrides)
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        base[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return base
+
+
+def check_compatible(teacher: MultiTaskRecommender, config: Config) -> None:
+    tasks = lambda c: [(t.name, t.kind, t.depends_on) for t in c.tasks]  # noqa: E731
+    if tasks(config) != tasks(teacher.config):
+        raise ConfigError(f"the student's tasks {tasks(config)} differ from the teacher's {tasks(teacher.config)}")
+    if config.data != teacher.config.data or config.train.seed != teacher.config.train.seed:
+        raise ConfigError("the student needs the teacher's data section and train.seed (they fix the split); "
+                          "otherwise the teacher would have trained on the student's test rows")
+    if config.text is not None:
+        if teacher.config.text is None:
+            raise ConfigError("the student has a text section but the teacher has no text embeddings to share")
+        differ = [k for k in _TEXT_INPUTS if getattr(config.text, k) != getattr(teacher.config.text, k)]
+        if differ or config.text.mode != "frozen":
+            raise ConfigError(f"the student reads the teacher's text embeddings: text.{differ or ['mode']} must "
+                              f"match the teacher's (frozen mode)")
+
+
+def _unseen(data: PreparedData) -> torch.Tensor:
+    """[users, items] True where an item is neither in the user's train/valid history nor cold."""
+    mask = torch.ones(len(data.catalog.user_ids), len(data.catalog.item_ids), dtype=torch.bool)
+    for user, items in data.user_history.items():
+        mask[user, torch.from_numpy(items)] = False
+    mask[:, torch.from_numpy(data.cold_items)] = False
+    return mask
+
+
+def with_unlabeled_pairs(data: PreparedData, per_user: int, seed: int) -> Samples:
+    """The training rows plus ``per_user`` random unseen items per user, with no labels."""
+    if not per_user:
+        return data.train
+    generator = torch.Generator().manual_seed(seed)
+    items = torch.multinomial(_unseen(data).float(), per_user, generator=generator)   # [users, per_user]
+    users = torch.arange(len(items))[:, None].expand_as(items)
+    labels = torch.full((items.numel(), data.train.labels.shape[1]), float("nan"))
+    return Samples(torch.cat([data.train.user, users.flatten()]), torch.cat([data.train.item, items.flatten()]),
+                   torch.cat([data.train.labels, labels]))
+
+
+def ranking_candidates(teacher: MultiTaskRecommender, data: PreparedData, spec: DistillSpec, rank_task: int,
+                       seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per user: the teacher's top unseen items and random unseen ones [users, C], with the
+    teacher's ranking scores on them [users, C]."""
+    unseen = _unseen(data)
+    n_users, n_items = unseen.shape
+    parent = teacher.objective.parent[rank_task]
+    scores = torch.empty(n_users, n_items)
+    for start in range(0, n_users, 64):
+        users = torch.arange(start, min(start + 64, n_users))
+        logits = predict_logits(teacher.model, users.repeat_interleave(n_items), torch.arange(n_items).repeat(len(users)))
+        scores[users] = ranking_log_score(logits, rank_task, parent).view(len(users), n_items)
+    top = scores.masked_fill(~unseen, -np.inf).topk(spec.ranking_top, 1).indices
+    rest = unseen.clone()
+    rest.scatter_(1, top, False)
+    generator = torch.Generator().manual_seed(seed)
+    random = torch.multinomial(rest.float(), spec.ranking_candidates - spec.ranking_top, generator=generator)
+    candidates = torch.cat([top, random], 1)
+    return candidates, scores.gather(1, candidates)

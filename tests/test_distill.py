@@ -1,0 +1,115 @@
+"""Distillation: the losses on known cases, and teacher → student end to end."""
+import json
+
+import numpy as np
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from polyrec.cli import app
+from polyrec.config import ConfigError
+from polyrec.distill import distill, student_config
+from polyrec.distill.distiller import with_unlabeled_pairs
+from polyrec.distill.objective import listwise_loss, pairwise_loss, soft_label_losses
+from polyrec.recommender import MultiTaskRecommender
+from tests.conftest import make_config, make_tables
+from tests.test_end_to_end import _write_own_data
+
+runner = CliRunner()
+
+
+def test_soft_labels_are_minimal_at_the_teachers_predictions():
+    teacher = torch.tensor([[2.0, -1.0, 3.5], [-0.5, 0.3, 4.0]])
+    binary = torch.tensor([True, True, False])
+    at_teacher = soft_label_losses(teacher, teacher, binary, temperature=2.0)
+    moved = soft_label_losses(teacher + 0.3, teacher, binary, temperature=2.0)
+    assert (moved > at_teacher).all()
+    assert at_teacher[2] == 0  # regression: squared error to the teacher's value
+    student = teacher.clone().requires_grad_()
+    soft_label_losses(student, teacher, binary, 2.0).sum().backward()
+    assert torch.allclose(student.grad, torch.zeros_like(student), atol=1e-6)
+
+
+def test_ranking_losses_follow_the_teachers_order():
+    teacher = torch.tensor([[3.0, 1.0, 2.0]])
+    assert listwise_loss(teacher.clone(), teacher) == pytest.approx(0.0, abs=1e-6)
+    same_order, reversed_order = torch.tensor([[1.0, -1.0, 0.0]]), torch.tensor([[-1.0, 1.0, 0.0]])
+    for loss in (listwise_loss, pairwise_loss):
+        assert loss(same_order, teacher) < loss(reversed_order, teacher)
+    # RankNet by hand: pairs (0>2), (0>1), (2>1) with student margins 1, 2, 1
+    expected = torch.nn.functional.softplus(-torch.tensor([1.0, 2.0, 1.0])).mean()
+    assert torch.allclose(pairwise_loss(same_order, teacher), expected)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distill")
+    cfg = _write_own_data(folder, make_tables())
+    out = runner.invoke(app, ["train", "-c", str(cfg), "--set", "train.max_epochs=3", "-o", str(folder / "teacher")])
+    assert out.exit_code == 0, out.output
+    return folder, folder / "teacher"
+
+
+def write_student(folder, **distill_options):
+    path = folder / "student.yaml"
+    path.write_text(yaml.safe_dump({"model": {"arch": "sharedbottom", "embed_dim": 2, "expert_dims": [8]},
+                                    "distill": {"ranking_candidates": 6, "ranking_top": 2, "ranking_users": 4,
+                                                **distill_options}}))
+    return path
+
+
+def test_cli_distill_writes_a_normal_run_directory(teacher_run):
+    folder, teacher = teacher_run
+    student_yaml = write_student(folder, ranking_weight=1.0, unlabeled_per_user=3)
+    out = runner.invoke(app, ["distill", "--teacher", str(teacher), "-c", str(student_yaml),
+                              "-o", str(folder / "student")])
+    assert out.exit_code == 0, out.output
+    metrics = json.loads((folder / "student" / "metrics.json").read_text())
+    teacher_metrics = json.loads((teacher / "metrics.json").read_text())
+    assert metrics["serving_params"] < teacher_metrics["serving_params"] / 3
+    assert runner.invoke(app, ["evaluate", str(folder / "student")]).exit_code == 0
+    rec = runner.invoke(app, ["recommend", str(folder / "student"), "--user", "u3", "-k", "3"])
+    assert rec.exit_code == 0 and "Item" in rec.output
+
+
+def test_student_learns_the_teachers_predictions(teacher_run):
+    folder, teacher_dir = teacher_run
+    teacher = MultiTaskRecommender.load(teacher_dir)
+    cfg = student_config(teacher.config, write_student(folder, soft_weight=1.0, unlabeled_per_user=5),
+                         ["train.max_epochs=8"])
+    distilled = distill(teacher, cfg, make_tables())
+    plain = MultiTaskRecommender(cfg).fit(make_tables())
+    test = teacher.test.samples
+    users = [teacher.catalog.user_ids[u] for u in test.user]
+    items = [teacher.catalog.item_ids[i] for i in test.item]
+    target = teacher.predict(users, items)["click"].to_numpy()
+    agreement = {name: np.corrcoef(target, rec.predict(users, items)["click"].to_numpy())[0, 1]
+                 for name, rec in (("distilled", distilled), ("plain", plain))}
+    assert agreement["distilled"] > max(0.5, agreement["plain"])
+
+
+def test_unlabeled_pairs_are_unseen_and_carry_no_labels():
+    from polyrec.data.dataset import prepare
+    cfg = make_config()
+    data = prepare(make_tables(), cfg)
+    extended = with_unlabeled_pairs(data, 4, seed=0)
+    extra = slice(len(data.train), None)
+    assert len(extended) == len(data.train) + 4 * len(data.catalog.user_ids)
+    assert torch.isnan(extended.labels[extra]).all()
+    for user, item in zip(extended.user[extra].tolist(), extended.item[extra].tolist()):
+        assert item not in set(data.user_history.get(user, []).tolist())
+
+
+def test_student_must_keep_the_teachers_split_and_tasks(teacher_run):
+    folder, teacher_dir = teacher_run
+    teacher = MultiTaskRecommender.load(teacher_dir)
+    with pytest.raises(ConfigError, match="train.seed"):
+        distill(teacher, student_config(teacher.config, write_student(folder), ["train.seed=7"]), make_tables())
+    with pytest.raises(ConfigError, match="tasks"):
+        distill(teacher, student_config(teacher.config, write_student(folder), ["tasks=[{name: click, kind: binary}]"]),
+                make_tables())
+    with pytest.raises(ConfigError, match="text"):
+        distill(teacher, student_config(teacher.config, write_student(folder),
+                                        ["text.item_template={name}"]), make_tables())
