@@ -78,7 +78,7 @@ def step_seconds(cfg: Config, data: PreparedData, steps: int = 60) -> float:
     return statistics.median(times[10:])
 
 
-def run_speed(base: Config, data: PreparedData, methods: list[str], archs: list[str], rounds: int = 5) -> dict:
+def run_speed(base: Config, data: PreparedData, methods: list[str], archs: list[str], rounds: int = 4) -> dict:
     """Methods alternate within each round so machine noise hits all of them alike; the first
     round only warms the process up."""
     times = {(m, a): [] for m in methods for a in archs}
@@ -101,18 +101,21 @@ def run_speed(base: Config, data: PreparedData, methods: list[str], archs: list[
     return out
 
 
-def summarize(runs: dict, speed: dict, methods: list[str], archs: list[str]) -> dict:
+def single_task_baseline(runs: dict) -> dict | None:
     singles = [r["test"] for key, r in runs.items() if key.startswith("single/")]
     if not singles:
-        return {}
-    baseline = {k: statistics.mean(s[k] for s in singles) for k in singles[0]}
-    summary = {"single": {"single": {"test": baseline, "seeds": len(singles)}}}
+        return None
+    return {"test": {k: statistics.mean(s[k] for s in singles) for k in singles[0]}, "seeds": len(singles)}
+
+
+def summarize(runs: dict, speed: dict, baseline: dict, methods: list[str], archs: list[str]) -> dict:
+    summary = {}
     for method in methods:
         for arch in archs:
             done = [r for key, r in runs.items() if key.startswith(f"{method}/{arch}/")]
             if not done:
                 continue
-            deltas = [delta_m(r["test"], baseline) for r in done]
+            deltas = [delta_m(r["test"], baseline["test"]) for r in done]
             summary.setdefault(method, {})[arch] = {
                 "delta_m_mean": round(statistics.mean(deltas), 3),
                 "delta_m_std": round(statistics.stdev(deltas), 3) if len(deltas) > 1 else None,
@@ -122,12 +125,12 @@ def summarize(runs: dict, speed: dict, methods: list[str], archs: list[str]) -> 
     return summary
 
 
-def markdown(summary: dict, methods: list[str], archs: list[str]) -> str:
-    base = summary["single"]["single"]["test"]
+def markdown(summary: dict, baseline: dict, methods: list[str], archs: list[str]) -> str:
+    base = baseline["test"]
     lines = ["| method | arch | Δm % (mean ± std) | watch AUC | like AUC | rating RMSE | watch NDCG@10 | step time × static | seeds |",
              "|---|---|---|---|---|---|---|---|---|",
              f"| single-task | — | 0 (baseline) | {base['watch_auc']:.4f} | {base['like_auc']:.4f} | "
-             f"{base['rating_rmse']:.4f} | {base['watch_ndcg@10']:.4f} | — | {summary['single']['single']['seeds']} |"]
+             f"{base['rating_rmse']:.4f} | {base['watch_ndcg@10']:.4f} | — | {baseline['seeds']} |"]
     for arch in archs:
         for method in methods:
             row = summary.get(method, {}).get(arch)
@@ -164,13 +167,14 @@ def main() -> None:
     data = prepare(load_tables(base.data), base)
 
     def write() -> None:
-        summary = summarize(runs, speed, methods, archs)
+        baseline = single_task_baseline(runs)
+        summary = summarize(runs, speed, baseline, methods, archs) if baseline else {}
         result = {"protocol": "ml100k-mt, tasks watch/like/rating, text off", "max_epochs": args.max_epochs,
-                  "summary": summary, "speed": speed, "runs": runs}
+                  "summary": summary, "single_task": baseline, "speed": speed, "runs": runs}
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1) + "\n")
         if summary:
-            (args.out / "weighting.md").write_text(markdown(summary, methods, archs))
+            (args.out / "weighting.md").write_text(markdown(summary, baseline, methods, archs))
 
     if not args.no_speed:
         speed = run_speed(base, data, methods, archs)
@@ -188,6 +192,7 @@ def main() -> None:
             print(f"{key:>28}: watch {t['watch_auc']:.4f} like {t['like_auc']:.4f} rmse {t['rating_rmse']:.4f} "
                   f"| {runs[key]['epochs']} epochs {runs[key]['train_seconds']:.0f}s", flush=True)
             write()
+    write()
 
 
 if __name__ == "__main__":
