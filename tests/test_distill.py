@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from polyrec.cli import app
 from polyrec.config import ConfigError
 from polyrec.distill import distill, student_config
-from polyrec.distill.distiller import with_unlabeled_pairs
+from polyrec.distill.distiller import unseen_pairs, with_unlabeled_pairs
 from polyrec.distill.objective import listwise_loss, pairwise_loss, soft_label_losses
 from polyrec.recommender import MultiTaskRecommender
 from tests.conftest import make_config, make_tables
@@ -94,7 +94,7 @@ def test_unlabeled_pairs_are_unseen_and_carry_no_labels():
     from polyrec.data.dataset import prepare
     cfg = make_config()
     data = prepare(make_tables(), cfg)
-    extended = with_unlabeled_pairs(data, 4, seed=0)
+    extended = with_unlabeled_pairs(data, unseen_pairs(data), 4, seed=0)
     extra = slice(len(data.train), None)
     assert len(extended) == len(data.train) + 4 * len(data.catalog.user_ids)
     assert torch.isnan(extended.labels[extra]).all()

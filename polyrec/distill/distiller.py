@@ -38,13 +38,14 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     if config.text is not None:
         data.text = teacher.text
         data.items.text, data.users.text = teacher.text.item, teacher.text.user
-    data.train = with_unlabeled_pairs(data, spec.unlabeled_per_user, config.train.seed)
+    unseen = unseen_pairs(data)
+    data.train = with_unlabeled_pairs(data, unseen, spec.unlabeled_per_user, config.train.seed)
     student = MultiTaskRecommender(config)
     rank_task = student.objective.names.index(config.eval.rank_by or
                                               next(t.name for t in config.tasks if t.kind == "binary"))
     candidates = scores = torch.empty(0, 0)
     if spec.ranking_weight:
-        candidates, scores = ranking_candidates(teacher, data, spec, rank_task, config.train.seed)
+        candidates, scores = ranking_candidates(teacher, unseen, spec, rank_task, config.train.seed)
     objective = DistillObjective(student.objective, spec, predict_logits(teacher.model, data.train.user, data.train.item),
                                  candidates, scores, rank_task, config.train.seed)
     return student.fit_prepared(data, objective)
@@ -80,7 +81,7 @@ def check_compatible(teacher: MultiTaskRecommender, config: Config) -> None:
                               f"match the teacher's (frozen mode)")
 
 
-def _unseen(data: PreparedData) -> torch.Tensor:
+def unseen_pairs(data: PreparedData) -> torch.Tensor:
     """[users, items] True where an item is neither in the user's train/valid history nor cold."""
     mask = torch.ones(len(data.catalog.user_ids), len(data.catalog.item_ids), dtype=torch.bool)
     for user, items in data.user_history.items():
@@ -89,23 +90,22 @@ def _unseen(data: PreparedData) -> torch.Tensor:
     return mask
 
 
-def with_unlabeled_pairs(data: PreparedData, per_user: int, seed: int) -> Samples:
+def with_unlabeled_pairs(data: PreparedData, unseen: torch.Tensor, per_user: int, seed: int) -> Samples:
     """The training rows plus ``per_user`` random unseen items per user, with no labels."""
     if not per_user:
         return data.train
     generator = torch.Generator().manual_seed(seed)
-    items = torch.multinomial(_unseen(data).float(), per_user, generator=generator)   # [users, per_user]
+    items = torch.multinomial(unseen.float(), per_user, generator=generator)   # [users, per_user]
     users = torch.arange(len(items))[:, None].expand_as(items)
     labels = torch.full((items.numel(), data.train.labels.shape[1]), float("nan"))
     return Samples(torch.cat([data.train.user, users.flatten()]), torch.cat([data.train.item, items.flatten()]),
                    torch.cat([data.train.labels, labels]))
 
 
-def ranking_candidates(teacher: MultiTaskRecommender, data: PreparedData, spec: DistillSpec, rank_task: int,
+def ranking_candidates(teacher: MultiTaskRecommender, unseen: torch.Tensor, spec: DistillSpec, rank_task: int,
                        seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per user: the teacher's top unseen items and random unseen ones [users, C], with the
     teacher's ranking scores on them [users, C]."""
-    unseen = _unseen(data)
     n_users, n_items = unseen.shape
     parent = teacher.objective.parent[rank_task]
     scores = torch.empty(n_users, n_items)
