@@ -180,7 +180,12 @@ class DistillSpec(_Strict):
     the score softmaxes) or ``pairwise`` (RankNet on the teacher's order) loss over each
     user's candidates: the teacher's top ``ranking_top`` unseen items plus random unseen
     ones up to ``ranking_candidates``. ``unlabeled_per_user`` adds that many random
-    unseen (user, item) pairs per user, labelled by the teacher alone.
+    unseen (user, item) pairs per user, labelled by the teacher alone; ``new_items_per_user``
+    adds pairs with items no training row shows (``data.cold_items``), so the student learns
+    their ID embeddings from the teacher's text-based scores instead of mapping them to OOV:
+    new items work without a language model at serving time. ``hidden_weight`` matches the
+    student's shared representation to the teacher's on each batch by their pairwise cosine
+    similarities (no projection, so the widths may differ), shared by the tasks equally.
     """
     soft_weight: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(1.0, gt=0)
@@ -190,6 +195,8 @@ class DistillSpec(_Strict):
     ranking_top: int = Field(20, ge=0)
     ranking_users: int = Field(32, gt=0)
     unlabeled_per_user: int = Field(0, ge=0)
+    new_items_per_user: int = Field(0, ge=0)
+    hidden_weight: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> DistillSpec:

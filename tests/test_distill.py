@@ -12,7 +12,7 @@ from polyrec.cli import app
 from polyrec.config import ConfigError
 from polyrec.distill import distill, student_config
 from polyrec.distill.distiller import unseen_pairs, with_unlabeled_pairs
-from polyrec.distill.objective import listwise_loss, pairwise_loss, soft_label_losses
+from polyrec.distill.objective import listwise_loss, pairwise_loss, similarity_loss, soft_label_losses
 from polyrec.recommender import MultiTaskRecommender
 from tests.conftest import make_config, make_tables
 from tests.test_end_to_end import _write_own_data
@@ -43,6 +43,21 @@ def test_ranking_losses_follow_the_teachers_order():
     assert torch.allclose(pairwise_loss(same_order, teacher), expected)
 
 
+def test_hidden_matching_compares_similarities_whatever_the_widths():
+    teacher = torch.randn(16, 3, 8)                                    # e.g. MMoE experts [B, E, H]
+    rotation = torch.linalg.qr(torch.randn(24, 24)).Q
+    same_geometry = 2.0 * teacher.flatten(1) @ rotation                # rotated and rescaled: same cosines
+    assert similarity_loss(same_geometry, teacher) == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(16, 5, requires_grad=True)                   # a narrower student
+    optimizer = torch.optim.SGD([student], lr=5.0)
+    before = similarity_loss(student, teacher).item()
+    for _ in range(50):
+        optimizer.zero_grad()
+        similarity_loss(student, teacher).backward()
+        optimizer.step()
+    assert similarity_loss(student, teacher).item() < before / 2
+
+
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distill")
@@ -62,7 +77,7 @@ def write_student(folder, **distill_options):
 
 def test_cli_distill_writes_a_normal_run_directory(teacher_run):
     folder, teacher = teacher_run
-    student_yaml = write_student(folder, ranking_weight=1.0, unlabeled_per_user=3)
+    student_yaml = write_student(folder, ranking_weight=1.0, unlabeled_per_user=3, hidden_weight=1.0)
     out = runner.invoke(app, ["distill", "--teacher", str(teacher), "-c", str(student_yaml),
                               "-o", str(folder / "student")])
     assert out.exit_code == 0, out.output
@@ -94,12 +109,31 @@ def test_unlabeled_pairs_are_unseen_and_carry_no_labels():
     from polyrec.data.dataset import prepare
     cfg = make_config()
     data = prepare(make_tables(), cfg)
-    extended = with_unlabeled_pairs(data, unseen_pairs(data), 4, seed=0)
+    extended = with_unlabeled_pairs(data.train, unseen_pairs(data), 4, seed=0)
     extra = slice(len(data.train), None)
     assert len(extended) == len(data.train) + 4 * len(data.catalog.user_ids)
     assert torch.isnan(extended.labels[extra]).all()
     for user, item in zip(extended.user[extra].tolist(), extended.item[extra].tolist()):
         assert item not in set(data.user_history.get(user, []).tolist())
+
+
+def test_new_items_join_the_unlabeled_pairs_and_the_students_vocabulary():
+    from polyrec.data.dataset import prepare
+    from polyrec.data.features import OOV
+    cfg = make_config(data__cold_items=0.2)
+    data = prepare(make_tables(), cfg)
+    cold = set(data.cold_items.tolist())
+    oov = data.encoder.offsets["item"] + OOV
+    column = [s.name for s in data.encoder.side_specs("item", "cat")].index("item")
+    assert (data.items.cat[data.cold_items, column] == oov).all()     # no training row shows them
+    assert not cold & set(with_unlabeled_pairs(data.train, unseen_pairs(data), 8, seed=0).item.tolist())
+    new_items = torch.zeros(len(data.catalog.user_ids), len(data.catalog.item_ids), dtype=torch.bool)
+    new_items[:, data.cold_items] = True
+    data.train = with_unlabeled_pairs(data.train, new_items, 4, seed=0)
+    assert cold <= set(data.train.item.tolist())
+    data.fit_features(cfg.features)
+    assert (data.items.cat[data.cold_items, column] != oov).all()
+    assert len(set(data.items.cat[:, column].tolist())) == len(data.catalog.item_ids)
 
 
 def test_student_must_keep_the_teachers_split_and_tasks(teacher_run):
@@ -113,3 +147,15 @@ def test_student_must_keep_the_teachers_split_and_tasks(teacher_run):
     with pytest.raises(ConfigError, match="text"):
         distill(teacher, student_config(teacher.config, write_student(folder),
                                         ["text.item_template={name}"]), make_tables())
+    with pytest.raises(ConfigError, match="shares none"):
+        distill(teacher, student_config(teacher.config, write_student(folder, hidden_weight=1.0),
+                                        ["model.arch=single"]), make_tables())
+
+
+def test_student_file_overrides_the_teachers_config_key_by_key(tmp_path):
+    teacher = make_config(model__oov_dropout="{item: 0.2}", model__dropout=0.3)
+    path = tmp_path / "student.yaml"
+    path.write_text("model: {embed_dim: 2, oov_dropout: {}}\n")
+    student = student_config(teacher, path)
+    assert (student.model.embed_dim, student.model.dropout, student.model.oov_dropout) == (2, 0.3, {})
+    assert student.tasks == teacher.tasks and student.data == teacher.data

@@ -5,14 +5,14 @@ gathers (user rows, item rows) inside the model, with no per-row Python work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from polyrec.config import Config
+from polyrec.config import Config, FeatureSpec
 from polyrec.data.features import EncodedSide, FeatureEncoder
 from polyrec.data.negatives import sample_negatives
 from polyrec.data.split import TEST, TRAIN, VALID, split_rows
@@ -109,15 +109,27 @@ class Catalog:
 @dataclass
 class PreparedData:
     catalog: Catalog
-    encoder: FeatureEncoder
-    users: EncodedSide
-    items: EncodedSide
+    user_table: pd.DataFrame              # user and item rows in catalog order
+    item_table: pd.DataFrame
     train: Samples
     valid: EvalData
     test: EvalData
     user_history: dict[int, np.ndarray]   # train+valid interactions per user: excluded when recommending
     cold_items: np.ndarray                # catalog indices held out of train and valid (data.cold_items)
     text: TextInputs | None = None        # language-model inputs, when config.text is set
+    encoder: FeatureEncoder = field(init=False)
+    users: EncodedSide = field(init=False)
+    items: EncodedSide = field(init=False)
+
+    def fit_features(self, features: list[FeatureSpec]) -> None:
+        """Fit the feature vocabularies on the users and items of the training rows (an ID
+        no training row shows maps to OOV) and encode both tables, text embeddings included."""
+        self.encoder = FeatureEncoder(features).fit(self.user_table.iloc[np.unique(self.train.user.numpy())],
+                                                    self.item_table.iloc[np.unique(self.train.item.numpy())])
+        self.users = self.encoder.transform(self.user_table, "user")
+        self.items = self.encoder.transform(self.item_table, "item")
+        if self.text is not None:
+            self.users.text, self.items.text = self.text.user, self.text.item
 
 
 def _id_order(ids: pd.Series) -> np.ndarray:
@@ -173,8 +185,6 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
         return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y))
 
     train = samples_of(TRAIN)
-    encoder = FeatureEncoder(config.features).fit(
-        users.iloc[np.unique(train.user.numpy())], items.iloc[np.unique(train.item.numpy())])
 
     def eval_of(code: int) -> EvalData:
         rows = split == code
@@ -185,14 +195,13 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
 
     valid, test = eval_of(VALID), eval_of(TEST)
     history = _items_by_user(user, item, time, split <= VALID)
-    users_side, items_side = encoder.transform(users, "user"), encoder.transform(items, "item")
     text = None
     if config.text is not None:
         text = encode_text(config.text, users, items, _items_by_user(user, item, time, split == TRAIN),
                            config.train.progress)
-        items_side.text, users_side.text = text.item, text.user
-    return PreparedData(catalog, encoder, users_side, items_side, train, valid, test, history, cold_items,
-                        text)
+    data = PreparedData(catalog, users, items, train, valid, test, history, cold_items, text)
+    data.fit_features(config.features)
+    return data
 
 
 def _items_by_user(user: np.ndarray, item: np.ndarray, time: np.ndarray | None,

@@ -35,11 +35,13 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     if data.catalog.user_ids != teacher.catalog.user_ids or data.catalog.item_ids != teacher.catalog.item_ids:
         raise DataError("the student's data does not have the teacher's users and items: distill from the "
                         "tables the teacher was trained on")
-    if config.text is not None:
-        data.text = teacher.text
-        data.items.text, data.users.text = teacher.text.item, teacher.text.user
     unseen = unseen_pairs(data)
-    data.train = with_unlabeled_pairs(data, unseen, spec.unlabeled_per_user, config.train.seed)
+    new_items = torch.zeros_like(unseen)
+    new_items[:, torch.from_numpy(data.cold_items)] = True
+    train = with_unlabeled_pairs(data.train, unseen, spec.unlabeled_per_user, config.train.seed)
+    data.train = with_unlabeled_pairs(train, new_items, spec.new_items_per_user, config.train.seed + 1)
+    data.text = teacher.text if config.text is not None else None
+    data.fit_features(config.features)   # the vocabulary now covers the new items of the unlabeled pairs
     student = MultiTaskRecommender(config)
     rank_task = student.objective.names.index(config.eval.rank_by or
                                               next(t.name for t in config.tasks if t.kind == "binary"))
@@ -47,7 +49,8 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     if spec.ranking_weight:
         candidates, scores = ranking_candidates(teacher, unseen, spec, rank_task, config.train.seed)
     objective = DistillObjective(student.objective, spec, predict_logits(teacher.model, data.train.user, data.train.item),
-                                 candidates, scores, rank_task, config.train.seed)
+                                 candidates, scores, rank_task, config.train.seed,
+                                 teacher.model if spec.hidden_weight else None)
     return student.fit_prepared(data, objective)
 
 
@@ -61,7 +64,8 @@ def student_config(teacher: Config, path: Path, overrides: list[str] | None = No
 
 def _merge(base: dict, changes: dict) -> dict:
     for key, value in changes.items():
-        base[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        nested = isinstance(value, dict) and value and isinstance(base.get(key), dict)
+        base[key] = _merge(base[key], value) if nested else value   # an empty mapping clears the teacher's
     return base
 
 
@@ -72,6 +76,10 @@ def check_compatible(teacher: MultiTaskRecommender, config: Config) -> None:
     if config.data != teacher.config.data or config.train.seed != teacher.config.train.seed:
         raise ConfigError("the student needs the teacher's data section and train.seed (they fix the split); "
                           "otherwise the teacher would have trained on the student's test rows")
+    hidden = config.distill is not None and config.distill.hidden_weight
+    if hidden and "single" in (config.model.arch, teacher.config.model.arch):
+        raise ConfigError("distill.hidden_weight matches shared representations, and model.arch 'single' shares "
+                          "none: use sharedbottom, mmoe or ple for the teacher and the student, or hidden_weight 0")
     if config.text is not None:
         if teacher.config.text is None:
             raise ConfigError("the student has a text section but the teacher has no text embeddings to share")
@@ -90,16 +98,17 @@ def unseen_pairs(data: PreparedData) -> torch.Tensor:
     return mask
 
 
-def with_unlabeled_pairs(data: PreparedData, unseen: torch.Tensor, per_user: int, seed: int) -> Samples:
-    """The training rows plus ``per_user`` random unseen items per user, with no labels."""
+def with_unlabeled_pairs(train: Samples, allowed: torch.Tensor, per_user: int, seed: int) -> Samples:
+    """``train`` plus ``per_user`` random items per user where ``allowed`` [users, items], with no labels."""
+    per_user = min(per_user, int(allowed.sum(1).min()))
     if not per_user:
-        return data.train
+        return train
     generator = torch.Generator().manual_seed(seed)
-    items = torch.multinomial(unseen.float(), per_user, generator=generator)   # [users, per_user]
+    items = torch.multinomial(allowed.float(), per_user, generator=generator)   # [users, per_user]
     users = torch.arange(len(items))[:, None].expand_as(items)
-    labels = torch.full((items.numel(), data.train.labels.shape[1]), float("nan"))
-    return Samples(torch.cat([data.train.user, users.flatten()]), torch.cat([data.train.item, items.flatten()]),
-                   torch.cat([data.train.labels, labels]))
+    labels = torch.full((items.numel(), train.labels.shape[1]), float("nan"))
+    return Samples(torch.cat([train.user, users.flatten()]), torch.cat([train.item, items.flatten()]),
+                   torch.cat([train.labels, labels]))
 
 
 def ranking_candidates(teacher: MultiTaskRecommender, unseen: torch.Tensor, spec: DistillSpec, rank_task: int,

@@ -32,6 +32,14 @@ def pairwise_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.softplus(-margin)[above].mean()
 
 
+def similarity_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Hidden-representation matching without a projection, so any widths pair up: the batch's
+    pairwise cosine similarities of the student's shared representation [B, ...] match the
+    teacher's [B, ...] (similarity-preserving distillation, Tung & Mori 2019)."""
+    s, t = F.normalize(student.flatten(1), dim=1), F.normalize(teacher.flatten(1), dim=1)
+    return ((s @ s.T - t @ t.T) ** 2).mean()
+
+
 def ranking_log_score(logits: torch.Tensor, task: int, parent: int | None) -> torch.Tensor:
     """log p of the ranking task [B] (for a dependent task: log p(parent) + log p(child))."""
     score = F.logsigmoid(logits[:, task])
@@ -43,13 +51,14 @@ class DistillObjective(Objective):
 
     ``teacher_logits`` [N, T] are the teacher's outputs on the training rows. ``candidates``
     [U, C] are catalog items per user and ``candidate_scores`` [U, C] the teacher's ranking
-    scores (log-probabilities of the ranking task) on them.
+    scores (log-probabilities of the ranking task) on them. ``teacher`` (the model, for hidden
+    matching) runs on each batch to give its shared representation.
     """
 
     def __init__(self, base: Objective, spec: DistillSpec, teacher_logits: torch.Tensor, candidates: torch.Tensor,
-                 candidate_scores: torch.Tensor, rank_task: int, seed: int):
+                 candidate_scores: torch.Tensor, rank_task: int, seed: int, teacher: torch.nn.Module | None = None):
         super().__init__(base.tasks, base.esmm, base.conditional_weight)
-        self.spec, self.teacher_logits, self.rank_task = spec, teacher_logits, rank_task
+        self.spec, self.teacher_logits, self.rank_task, self.teacher = spec, teacher_logits, rank_task, teacher
         self.candidates, self.candidate_scores = candidates, candidate_scores
         self.binary = torch.tensor([t.kind == "binary" for t in self.tasks])
         self.generator = torch.Generator().manual_seed(seed)
@@ -59,6 +68,12 @@ class DistillObjective(Objective):
         logits = model(data.user[idx], data.item[idx])
         soft = soft_label_losses(logits, self.teacher_logits[idx], self.binary, spec.temperature)
         losses = (1 - spec.soft_weight) * self.losses(logits, data.labels[idx]) + spec.soft_weight * soft
+        if spec.hidden_weight:
+            with torch.no_grad():
+                self.teacher.eval()
+                self.teacher(data.user[idx], data.item[idx])
+            hidden = similarity_loss(model.shared_representation, self.teacher.shared_representation)
+            losses = losses + spec.hidden_weight * hidden / len(losses)   # shared by the tasks equally
         if spec.ranking_weight:
             users = torch.randint(len(self.candidates), (spec.ranking_users,), generator=self.generator)
             items = self.candidates[users]                                              # [U, C]
