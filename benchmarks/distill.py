@@ -57,6 +57,7 @@ def measure(rec: MultiTaskRecommender, cold_items, n_timed_users: int = 200) -> 
             "cold_watch_auc": cold["watch"]["auc"], "cold_like_auc": cold["like"]["auc"],
             "params": rec.model.n_serving_parameters(),
             "full_catalog_ms": 1000 * statistics.median(times[10:]), "infer_samples_per_s": rate,
+            "valid_mean_auc": rec.result.history[rec.result.best_epoch - 1]["valid_mean_auc"],
             "epochs": rec.result.epochs}
 
 

@@ -25,11 +25,11 @@ class GradNorm(Weighting):
             self.weights.clamp_(min=1e-3).mul_(len(losses) / self.weights.sum())
             if not self.initial_loss.any():
                 self.initial_loss.copy_(losses.clamp(min=1e-12))
-        norms = representation_grads(losses, model).norm(dim=1)
-        weighted_norms = self.weights * norms
-        ratio = losses.detach() / self.initial_loss
-        target = weighted_norms.mean().detach() * (ratio / ratio.mean()) ** self.alpha
-        self.weights.grad = torch.autograd.grad((weighted_norms - target).abs().sum(), self.weights)[0]
         used = self.weights.detach().clone()
+        norms = representation_grads(losses, model).norm(dim=1)
+        ratio = losses.detach() / self.initial_loss
+        target = (used * norms).mean() * (ratio / ratio.mean()) ** self.alpha
+        # ∂/∂w_i of Σ|w_i·‖∇ℓ_i‖ − target_i| with the target held constant, as in the paper
+        self.weights.grad = torch.sign(used * norms - target) * norms
         (used * losses).sum().backward()
         return used
