@@ -107,12 +107,14 @@ def test_gradnorm_equalizes_weighted_gradient_norms():
 
 
 def test_mgda_min_norm_combination_matches_the_closed_form():
+    def weights(grads):
+        return min_norm_weights(torch.tensor(grads) @ torch.tensor(grads).T)
     # ‖α g1 + (1-α) g2‖² with g1 = (1, 0), g2 = (0, 2): α² + 4(1-α)², minimal at α = 4/5
-    assert torch.allclose(min_norm_weights(torch.tensor([[1.0, 0.0], [0.0, 2.0]])), torch.tensor([0.8, 0.2]))
+    assert torch.allclose(weights([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([0.8, 0.2]))
     # one gradient inside the other's direction and shorter: all weight on it
-    assert torch.allclose(min_norm_weights(torch.tensor([[1.0, 0.0], [2.0, 0.0]])), torch.tensor([1.0, 0.0]))
-    g = torch.tensor([[1.0, 0.0], [-0.5, math.sqrt(3) / 2]])  # two unit vectors at 120°
-    assert torch.allclose(min_norm_weights(g), torch.tensor([0.5, 0.5]), atol=1e-6)
+    assert torch.allclose(weights([[1.0, 0.0], [2.0, 0.0]]), torch.tensor([1.0, 0.0]))
+    # two unit vectors at 120°
+    assert torch.allclose(weights([[1.0, 0.0], [-0.5, math.sqrt(3) / 2]]), torch.tensor([0.5, 0.5]), atol=1e-6)
 
 
 def test_mgda_applies_the_min_norm_weights_at_the_representation():
@@ -122,7 +124,7 @@ def test_mgda_applies_the_min_norm_weights_at_the_representation():
     losses = ((model(x) - y) ** 2).mean(0)
     grads = representation_grads(losses, model)
     weights = weighting.backward(losses, model)
-    assert torch.allclose(weights, 2 * min_norm_weights(grads), atol=1e-5)
+    assert torch.allclose(weights, 2 * min_norm_weights(grads @ grads.T), atol=1e-5)
 
 
 def test_multibalance_equalizes_representation_gradient_norms():

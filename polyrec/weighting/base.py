@@ -34,8 +34,10 @@ def representation_grads(losses: torch.Tensor, model: nn.Module) -> torch.Tensor
     never through the shared body, so this costs a fraction of one backward pass.
     """
     rep = model.shared_representation
-    grads = [torch.autograd.grad(loss, rep, retain_graph=True, allow_unused=True)[0] for loss in losses]
-    return torch.stack([torch.zeros_like(rep).flatten() if g is None else g.flatten() for g in grads])
+    # one vmapped backward for all tasks (grad_outputs = rows of the identity), not T calls
+    grads = torch.autograd.grad(losses, rep, torch.eye(len(losses)), retain_graph=True, is_grads_batched=True,
+                                allow_unused=True, materialize_grads=True)[0]
+    return grads.flatten(1)
 
 
 def weighted_backward(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,11 @@ import torch
 from polyrec.weighting.base import Weighting, representation_grads, weighted_backward
 
 
-def min_norm_weights(grads: torch.Tensor, iterations: int = 50) -> torch.Tensor:
-    """α on the simplex minimizing ‖Σ α_i g_i‖ for grads [T, N], by Frank-Wolfe with exact line search."""
-    # the loop runs on the tiny [T, T] Gram matrix in NumPy: as torch ops, per-call overhead
-    # made it a third of the training step
-    gram = (grads @ grads.T).double().numpy()
+def min_norm_weights(gram: torch.Tensor, iterations: int = 50) -> torch.Tensor:
+    """α on the simplex minimizing ‖Σ α_i g_i‖² = αᵀGα, from the task gradients' Gram matrix
+    G [T, T], by Frank-Wolfe with exact line search."""
+    # the loop runs in NumPy: on a [T, T] matrix, torch's per-call overhead dominated it
+    dtype, gram = gram.dtype, gram.double().numpy()
     alpha = np.full(len(gram), 1 / len(gram))
     for _ in range(iterations):
         gram_alpha = gram @ alpha
@@ -29,7 +29,7 @@ def min_norm_weights(grads: torch.Tensor, iterations: int = 50) -> torch.Tensor:
             break
         alpha = (1 - gamma) * alpha
         alpha[toward] += gamma
-    return torch.from_numpy(alpha).to(grads.dtype)
+    return torch.from_numpy(alpha).to(dtype)
 
 
 class MGDA(Weighting):
@@ -41,10 +41,11 @@ class MGDA(Weighting):
 
     def backward(self, losses, model):
         grads = representation_grads(losses, model)
+        gram = grads @ grads.T
         scale = torch.ones(len(losses))
-        if self.normalize != "none":
-            scale = grads.norm(dim=1).clamp(min=1e-12)
+        if self.normalize != "none":   # normalized on the Gram matrix: the [T, N] gradients are never copied
+            scale = gram.diagonal().sqrt().clamp(min=1e-12)
             if self.normalize == "loss+":
                 scale = scale * losses.detach().clamp(min=1e-12)
-        alpha = min_norm_weights(grads / scale[:, None])
+        alpha = min_norm_weights(gram / torch.outer(scale, scale))
         return weighted_backward(losses, alpha / scale)
