@@ -136,7 +136,7 @@ class MultiTaskRecommender:
         ranking = scores[rank_by].clone()
         history = self.history.get(u, np.zeros(0, np.int64))
         if exclude_seen and len(history):
-            ranking[torch.as_tensor(history.copy())] = -np.inf  # parquet arrays are read-only
+            ranking[torch.from_numpy(history)] = -np.inf
         top = torch.sort(ranking, descending=True, stable=True).indices[:k]
         top = top[torch.isfinite(ranking[top])].tolist()
         because = nearest_items(model.tables.item_text, top, history, explain)
@@ -262,6 +262,7 @@ class MultiTaskRecommender:
             raise DataError(f"{path / WEIGHTS} does not match its config: missing {sorted(set(missing) - frozen)[:5]}, "
                             f"unexpected {unexpected[:5]}")
         history = pd.read_parquet(path / "history.parquet")
-        rec.history = {int(u): g["item"].to_numpy() for u, g in history.groupby("user")}
+        # copied: arrays read from parquet are read-only, and torch indexes with them
+        rec.history = {int(u): g["item"].to_numpy(copy=True) for u, g in history.groupby("user")}
         rec.test = EvalData.load(path / "eval" / "test", rec.objective.names)
         return rec
