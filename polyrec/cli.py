@@ -1,4 +1,7 @@
-"""`polyrec` command line: train, distill, evaluate, recommend, quickstart."""
+"""`polyrec` command line: train, distill, evaluate, recommend, quickstart.
+
+Results go to stdout; progress and errors go to stderr, so `--json` output stays parseable.
+"""
 from __future__ import annotations
 
 import functools
@@ -10,36 +13,41 @@ from typing import Optional
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from polyrec.config import Config, ConfigError
-from polyrec.data.tables import DataError
+from polyrec.config import Config
+from polyrec.errors import DataError, PolyrecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="polyrec: multi-task recommendation (train, evaluate, recommend).")
 console = Console()
+errors = Console(stderr=True)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ml100k.yaml"
 STUDENT_CONFIG = DEFAULT_CONFIG.with_name("student.yaml")
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
+OVERWRITE = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier polyrec run "
+                         "(a folder polyrec did not write is never replaced)")
+TEXT_MODEL = typer.Option(None, "--text-model", help="language model for new texts, when the run names a local "
+                          "path (a run directory may not choose which files are loaded)")
 
 
 def _guarded(fn):
-    """Turn expected user errors into one clear message and exit code 2, not a traceback."""
+    """polyrec's own input errors become one line on stderr and exit code 2; anything else is a
+    bug and keeps its traceback."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
-            _fail(str(err))
+        except PolyrecError as err:
+            errors.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
     return run
 
 
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+def _cell(value) -> Text:
+    """Table cells are plain text: a title such as "Heat [remastered]" is not rich markup."""
+    return Text(f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
 def print_task_table(metrics: dict) -> None:
@@ -51,7 +59,8 @@ def print_task_table(metrics: dict) -> None:
             continue
         for metric, value in values.items():
             if metric != "rows":
-                table.add_row(task, metric, _fmt(metrics["valid"].get(task, {}).get(metric, "")), _fmt(value))
+                table.add_row(_cell(task), _cell(metric), _cell(metrics["valid"].get(task, {}).get(metric, "")),
+                              _cell(value))
     console.print(table)
 
 
@@ -62,55 +71,56 @@ def print_ranking_table(ranking: dict) -> None:
     for m in metrics + ["users"]:
         table.add_column(m, justify="right")
     for task, values in ranking.items():
-        table.add_row(task, *[_fmt(values[m]) for m in metrics], str(values["users"]))
+        table.add_row(_cell(task), *[_cell(values[m]) for m in metrics], _cell(values["users"]))
     console.print(table)
 
 
-def print_recommendations(user: str, items: list[dict], score_names: list[str]) -> None:
-    table = Table(title=f"Top-{len(items)} for user {user}")
+def print_results(metrics: dict) -> None:
+    print_task_table(metrics)
+    if "ranking" in metrics["test"]:
+        print_ranking_table(metrics["test"]["ranking"])
+
+
+def print_recommendations(user: str, items: list[dict], score_names: list[str], verb: str) -> None:
+    table = Table(title=Text(f"Top-{len(items)} for user {user}"))
     table.add_column("#", justify="right")
     table.add_column("item")
     table.add_column("title")
     for name in score_names:
-        table.add_column(name, justify="right")
+        table.add_column(Text(name), justify="right")
     explained = any("because" in row for row in items)
     if explained:
-        table.add_column("because you watched")
+        table.add_column(Text(f"because you {verb}"))
     for row in items:
-        table.add_row(str(row["rank"]), row["item_id"], row["title"], *[f"{row[n]:.3f}" for n in score_names],
-                      *(["; ".join(row.get("because", []))] if explained else []))
+        table.add_row(_cell(row["rank"]), _cell(row["item_id"]), _cell(row["title"]),
+                      *[f"{row[n]:.3f}" for n in score_names],
+                      *([_cell("; ".join(row.get("because", [])))] if explained else []))
     console.print(table)
 
 
-def train_run(config: Config, out: Path, fit=None):
-    """Train (``fit()``, default: the config's model from scratch), evaluate on test, and write
-    the run directory; returns (recommender, metrics)."""
-    from polyrec.recommender import MultiTaskRecommender
-
-    start = time.perf_counter()
-    rec = fit() if fit is not None else MultiTaskRecommender(config).fit()
-    seconds = time.perf_counter() - start
-    metrics = {"valid": rec.result.best_valid, "test": rec.evaluate(), "best_epoch": rec.result.best_epoch,
-               "epochs": rec.result.epochs, "train_seconds": seconds,
-               "train_samples_per_s": rec.result.train_samples_per_s, "params": rec.model.n_parameters(),
-               "serving_params": rec.model.n_serving_parameters()}
-    rec.save(out, metrics)
-    return rec, metrics
+def _default_out(prefix: str) -> Path:
+    """runs/<prefix>-<time>, made unique if a run started in the same second."""
+    out = base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 2
+    while out.exists():
+        out, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return out
 
 
 @app.command()
 @_guarded
 def train(config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML experiment config"),
           overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a key, e.g. model.arch=ple"),
-          out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<arch>-<time>)")):
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<arch>-<time>)"),
+          overwrite: bool = OVERWRITE):
     """Train a multi-task model and write a run directory (bundle, metrics.json, train_log.jsonl)."""
+    from polyrec.pipeline import train_run
+
     cfg = Config.from_yaml(config, overrides)
-    out = out or Path("runs") / f"{cfg.model.arch}{'-esmm' if cfg.model.esmm else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _, metrics = train_run(cfg, out)
-    print_task_table(metrics)
-    if "ranking" in metrics["test"]:
-        print_ranking_table(metrics["test"]["ranking"])
-    console.print(f"run directory: [bold]{out}[/]")
+    out = out or _default_out(f"{cfg.model.arch}{'-esmm' if cfg.model.esmm else ''}")
+    _, metrics = train_run(cfg, out, overwrite)
+    print_results(metrics)
+    console.print(Text.assemble("run directory: ", (str(out), "bold")))
 
 
 @app.command()
@@ -119,19 +129,22 @@ def distill(teacher: Path = typer.Option(..., "--teacher", "-t", help="run direc
             config: Path = typer.Option(STUDENT_CONFIG, "--config", "-c",
                                         help="student YAML: the sections that differ from the teacher's config"),
             overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a key, e.g. distill.soft_weight=1"),
-            out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/student-<time>)")):
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/student-<time>)"),
+            overwrite: bool = OVERWRITE):
     """Train a small student from a trained teacher; writes a normal run directory."""
     from polyrec.distill import distill as distill_student, student_config
+    from polyrec.pipeline import train_run
     from polyrec.recommender import MultiTaskRecommender
+    from polyrec.rundir import check_target
 
+    out = out or _default_out("student")
+    check_target(out, overwrite)   # before loading the teacher: fail in a second, not after a minute
     teacher_rec = MultiTaskRecommender.load(teacher)
     cfg = student_config(teacher_rec.config, config, overrides)
-    out = out or Path("runs") / f"student-{time.strftime('%Y%m%d-%H%M%S')}"
-    _, metrics = train_run(cfg, out, lambda: distill_student(teacher_rec, cfg))
-    print_task_table(metrics)
-    if "ranking" in metrics["test"]:
-        print_ranking_table(metrics["test"]["ranking"])
-    console.print(f"run directory: [bold]{out}[/]  ({metrics['serving_params']:,} parameters at serving)")
+    _, metrics = train_run(cfg, out, overwrite, lambda log_dir: distill_student(teacher_rec, cfg, log_dir=log_dir))
+    print_results(metrics)
+    console.print(Text.assemble("run directory: ", (str(out), "bold"),
+                                f"  ({metrics['serving_params']:,} parameters at serving)"))
 
 
 @app.command()
@@ -140,28 +153,36 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a directory written by `p
              as_json: bool = typer.Option(False, "--json", help="print metrics as JSON")):
     """Recompute the test metrics from a run directory's bundle."""
     from polyrec.recommender import MultiTaskRecommender
+    from polyrec.serve.bundle import read_json
 
-    rec = MultiTaskRecommender.load(run_dir)
-    metrics = rec.evaluate()
+    with errors.status(f"loading {escape(str(run_dir))} ..."):
+        rec = MultiTaskRecommender.load(run_dir)
+    metrics = rec.evaluate(progress=True)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
-    saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
-    print_task_table({"valid": saved.get("valid", {}), "test": metrics})
-    if "ranking" in metrics:
-        print_ranking_table(metrics["ranking"])
+    saved = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    print_results({"valid": saved.get("valid", {}) if isinstance(saved, dict) else {}, "test": metrics})
 
 
 def _json_rows(value: str, option: str) -> pd.DataFrame:
     """An inline JSON object or list of objects, or ``@path`` to a JSON file holding one."""
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise DataError(f"{option}: file not found: {path}")
+        try:
+            value = path.read_text()
+        except UnicodeDecodeError:
+            raise DataError(f"{option}: {path} is not UTF-8 text; give a JSON file") from None
     try:
-        raw = json.loads(Path(value[1:]).read_text() if value.startswith("@") else value)
+        raw = json.loads(value)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{option}: not valid JSON ({err}); give an object such as "
-                         '\'{"item_id": "x", "title": "..."}\' or @file.json') from None
+        raise DataError(f"{option}: not valid JSON ({err}); give an object such as "
+                        '\'{"item_id": "x", "title": "..."}\' or @file.json') from None
     rows = [raw] if isinstance(raw, dict) else raw
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{option}: expected a JSON object or a non-empty list of objects")
+        raise DataError(f"{option}: expected a JSON object or a non-empty list of objects")
     return pd.DataFrame(rows)
 
 
@@ -169,43 +190,47 @@ def _json_rows(value: str, option: str) -> pd.DataFrame:
 @_guarded
 def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
               user: Optional[str] = typer.Option(None, "--user", "-u", help="user id (default: the --new-user's id)"),
-              k: int = typer.Option(10, "-k", help="number of items"),
+              k: int = typer.Option(10, "-k", min=1, help="number of items"),
               new_item: list[str] = typer.Option([], "--new-item", help="a new item as JSON (id, fields, text "
                                                  "columns) or @file.json; scored from its features and text"),
               new_user: Optional[str] = typer.Option(None, "--new-user", help="a new user profile as JSON or @file.json"),
+              text_model: Optional[str] = TEXT_MODEL,
               as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
-    """Top-k items for a user, with titles, the score of every task and "because you watched" items."""
+    """Top-k items for a user, with titles, the score of every task and the items that explain them."""
     from polyrec.recommender import MultiTaskRecommender
 
-    rec = MultiTaskRecommender.load(run_dir)
+    if user is not None and new_user is not None:
+        raise DataError("give either --user ID (a known user) or --new-user PROFILE (a new one), not both")
+    if user is None and new_user is None:
+        raise DataError("give --user ID (or --new-user PROFILE)")
+    rec = MultiTaskRecommender.load(run_dir, text_model)
     for value in new_item:
         rec.add_items(_json_rows(value, "--new-item"))
     if new_user is not None:
-        user = user or rec.add_users(_json_rows(new_user, "--new-user"))[0]
-    if user is None:
-        raise ValueError("give --user ID (or --new-user PROFILE)")
+        user = rec.add_users(_json_rows(new_user, "--new-user"))[0]
     items = rec.recommend(user, k)
     if as_json:
         print(json.dumps({"user_id": user, "rank_by": rec._rank_by(), "items": items}, indent=2))
     else:
-        print_recommendations(user, items, rec.objective.score_names)
+        print_recommendations(user, items, rec.objective.score_names, rec.config.data.verb)
 
 
 @app.command()
 @_guarded
 def quickstart(config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c"),
-               out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o"),
+               out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o",
+                                        help="run directory; an earlier quickstart run there is replaced"),
                user: str = typer.Option("42", "--user", "-u")):
     """Fetch MovieLens-100K, train the default multi-task model, print results and recommendations."""
+    from polyrec.pipeline import train_run
+
     cfg = Config.from_yaml(config)
-    console.print(f"[bold]polyrec quickstart[/]: {cfg.model.arch} on {cfg.data.dataset or cfg.data.interactions}, "
-                  f"tasks {[t.name for t in cfg.tasks]}")
-    rec, metrics = train_run(cfg, out)
+    console.print(Text(f"polyrec quickstart: {cfg.model.arch} on {cfg.data.dataset or cfg.data.interactions}, "
+                       f"tasks {[t.name for t in cfg.tasks]}"))
+    rec, metrics = train_run(cfg, out, overwrite=True)
     console.print(f"trained {metrics['epochs']} epochs in {metrics['train_seconds']:.0f}s "
                   f"(best epoch {metrics['best_epoch']}, {metrics['train_samples_per_s']:,.0f} samples/s, "
                   f"{metrics['params']:,} parameters)")
-    print_task_table(metrics)
-    if "ranking" in metrics["test"]:
-        print_ranking_table(metrics["test"]["ranking"])
-    print_recommendations(user, rec.recommend(user, 10), rec.objective.score_names)
-    console.print(f"run directory: [bold]{out}[/]  (try `polyrec recommend {out} --user 7`)")
+    print_results(metrics)
+    print_recommendations(user, rec.recommend(user, 10), rec.objective.score_names, cfg.data.verb)
+    console.print(Text(f"run directory: {out}  (try `polyrec recommend {out} --user 7`)"))

@@ -7,6 +7,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from polyrec.errors import ConfigError
+from polyrec.weighting import build_weighting
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -98,6 +101,7 @@ class DataSpec(_Strict):
     item_col: str = "item_id"
     time_col: str | None = "timestamp"
     title_col: str | None = None
+    verb: str = "interacted with"   # past tense, for explanations: "because you watched ..."
     cache_dir: str | None = None
     split: SplitSpec = Field(default_factory=SplitSpec)
     negatives: NegativeSpec = Field(default_factory=NegativeSpec)
@@ -256,15 +260,14 @@ class Config(_Strict):
                                  f"({sorted(categorical)}) and a probability in [0, 1)")
         if self.eval.rank_by is not None and self.eval.rank_by not in by_name:
             raise ValueError(f"eval.rank_by: '{self.eval.rank_by}' is not a task ({names})")
+        build_weighting(self.weighting, self.tasks)   # the method's options, checked now rather than mid-training
         return self
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        return cls.from_dict(raw, overrides)
+        """A YAML file's config; its relative data paths are resolved from the file's folder
+        (``--set`` overrides, typed at a shell, stay relative to the current folder)."""
+        return cls.from_dict(read_yaml(path), overrides)
 
     @classmethod
     def from_dict(cls, raw: dict, overrides: list[str] | None = None) -> Config:
@@ -273,15 +276,42 @@ class Config(_Strict):
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
-            lines = [f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in err.errors()]
+            lines = [f"  {'.'.join(map(str, e['loc']))}: " * bool(e["loc"]) + e["msg"].removeprefix("Value error, ")
+                     for e in err.errors()]
             raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
 
     def with_overrides(self, overrides: list[str]) -> Config:
         return Config.from_dict(self.model_dump(), overrides)
 
 
-class ConfigError(ValueError):
-    """The configuration is malformed; the message says which key and why."""
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from ``path`` with relative file paths made relative to its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; give a YAML file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections (data, features, tasks, ...), "
+                          f"found a {type(raw).__name__}")
+    for section, keys in _PATH_KEYS.items():
+        values = raw.get(section)
+        for key in keys if isinstance(values, dict) else ():
+            if isinstance(values.get(key), str) and not Path(values[key]).expanduser().is_absolute():
+                values[key] = str(path.parent / values[key])
+    return raw
+
+
+# config keys that name files or folders: relative values in a YAML file are relative to that file
+_PATH_KEYS = {"data": ("interactions", "users", "items", "cache_dir"), "text": ("cache_dir",)}
 
 
 def apply_override(raw: dict, item: str) -> None:

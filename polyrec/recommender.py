@@ -2,31 +2,32 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from polyrec.config import Config
 from polyrec.data.dataset import Catalog, EvalData, PreparedData, prepare
 from polyrec.data.features import EncodedSide, FeatureEncoder
-from polyrec.data.tables import DataError, Tables, load_tables
+from polyrec.data.tables import Tables, load_tables, new_rows
+from polyrec.errors import DataError, RunError
 from polyrec.evaluate.evaluator import evaluate, predict_logits
 from polyrec.models.network import MultiTaskModel, build_model
-from polyrec.serve.bundle import WEIGHTS, check_bundle, read_json, staged_dir, write_json
+from polyrec.rundir import RunWriter
+from polyrec.serve.bundle import (HISTORY, TEST_SPLIT, TEXT_WEIGHTS, WEIGHTS, check_bundle, load_weights,
+                                  check_model_source, read_config, read_object, read_parquet, reading,
+                                  write_json)
 from polyrec.serve.explain import nearest_items
 from polyrec.text.inputs import TextInputs
 from polyrec.text.templates import render
+from polyrec.train.log import TrainLog
 from polyrec.train.objective import Objective
-from polyrec.train.steplog import write_step_log
 from polyrec.train.trainer import TrainResult, seed_everything, train
 from polyrec.weighting import build_weighting
 
-
-TEXT_WEIGHTS = "text.safetensors"
 LORA_BUFFERS = ("input_ids", "attention_mask", "whiten_mean", "whiten_projection")
 
 
@@ -44,14 +45,20 @@ class MultiTaskRecommender:
         self.objective = Objective.from_config(config)
         self.model: MultiTaskModel | None = None
         self.result: TrainResult | None = None
+        self.run_dir: Path | None = None   # set by load(): its language model name must be checked
 
     # ----------------------------------------------------------------- training
-    def fit(self, tables: Tables | None = None) -> MultiTaskRecommender:
-        """Train on ``tables`` (or the data named in the config) with early stopping on validation."""
-        seed_everything(self.config.train.seed, self.config.train.threads)
-        return self.fit_prepared(prepare(tables if tables is not None else load_tables(self.config.data), self.config))
+    def fit(self, tables: Tables | None = None, log_dir: str | Path | None = None) -> MultiTaskRecommender:
+        """Train on ``tables`` (or the data named in the config) with early stopping on validation.
 
-    def fit_prepared(self, data: PreparedData, objective: Objective | None = None) -> MultiTaskRecommender:
+        ``log_dir``: write the training log there as training goes (see :mod:`polyrec.train.log`).
+        """
+        seed_everything(self.config.train.seed, self.config.train.threads)
+        data = prepare(tables if tables is not None else load_tables(self.config.data), self.config)
+        return self.fit_prepared(data, log_dir=log_dir)
+
+    def fit_prepared(self, data: PreparedData, objective: Objective | None = None,
+                     log_dir: str | Path | None = None) -> MultiTaskRecommender:
         """Train on data already through :func:`~polyrec.data.dataset.prepare` (to reuse one split).
 
         ``objective`` replaces the config's training losses (distillation adds teacher terms);
@@ -66,8 +73,13 @@ class MultiTaskRecommender:
         self.model.set_output_bias([float(np.nanmean(labels[:, t].numpy())) if task.kind == "regression" else None
                                     for t, task in enumerate(cfg.tasks)])
         weighting = build_weighting(cfg.weighting, cfg.tasks)
-        self.result = train(self.model, objective or self.objective, weighting, data.train, data.valid,
-                            len(self.catalog.item_ids), cfg.train)
+        log = TrainLog(log_dir, self.objective.names, cfg.weighting.method) if log_dir is not None else None
+        try:
+            self.result = train(self.model, objective or self.objective, weighting, data.train, data.valid,
+                                len(self.catalog.item_ids), cfg.train, log)
+        finally:
+            if log is not None:
+                log.close()
         return self
 
     def _build(self, users: EncodedSide, items: EncodedSide, item_encoder=None) -> MultiTaskModel:
@@ -78,6 +90,7 @@ class MultiTaskRecommender:
         if spec is None or spec.mode != "lora":
             return None
         from polyrec.text.lora import LoraItemEncoder, tokenize
+        self._check_model_source()
         prefix = "item_encoder."
         if state is not None:
             return LoraItemEncoder(spec, *(state[prefix + k] for k in LORA_BUFFERS))
@@ -87,15 +100,19 @@ class MultiTaskRecommender:
 
     def _require_model(self) -> MultiTaskModel:
         if self.model is None:
-            raise RuntimeError("this recommender is not trained: call fit() or MultiTaskRecommender.load(run_dir)")
+            raise DataError("this recommender is not trained: call fit() or MultiTaskRecommender.load(run_dir)")
         return self.model
 
     # --------------------------------------------------------------- evaluation
-    def evaluate(self, ranking: bool | None = None) -> dict:
+    def evaluate(self, ranking: bool | None = None, progress: bool = False) -> dict:
         """Test-split metrics per task, per joint task and (optionally) full-catalog ranking."""
         model = self._require_model()
+        if self.test is None:
+            raise RunError("this run directory has no test split (eval/test is missing); restore it or train "
+                           "the run again to evaluate it")
         ranking = self.config.eval.ranking if ranking is None else ranking
-        return evaluate(model, self.objective, self.test, len(self.catalog.item_ids), self.config.eval.ks, ranking)
+        return evaluate(model, self.objective, self.test, len(self.catalog.item_ids), self.config.eval.ks, ranking,
+                        progress)
 
     def _user_index(self, user) -> int:
         index = self.catalog.user_index.get(str(user))
@@ -114,7 +131,7 @@ class MultiTaskRecommender:
         """Scores of every task for (user, item) pairs given by their ids."""
         model = self._require_model()
         if len(users) != len(items):
-            raise ValueError(f"predict: {len(users)} users but {len(items)} items; pass one user per item")
+            raise DataError(f"predict: {len(users)} users but {len(items)} items; pass one user per item")
         u = torch.tensor([self._user_index(x) for x in users], dtype=torch.long)
         i = torch.tensor([self._item_index(x) for x in items], dtype=torch.long)
         scores = self.objective.scores(predict_logits(model, u, i))
@@ -128,7 +145,7 @@ class MultiTaskRecommender:
         model's space (``because``)."""
         model = self._require_model()
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise DataError(f"k must be at least 1, got {k}")
         u = self._user_index(user)
         n_items = len(self.catalog.item_ids)
         scores = self.objective.scores(predict_logits(model, torch.full((n_items,), u), torch.arange(n_items)))
@@ -150,6 +167,7 @@ class MultiTaskRecommender:
         """Make new items scorable and recommendable at once, without retraining: their
         features and text stand in for the ID the model has never seen (it maps to OOV).
         ``items`` has the item id column and any of the feature and template columns."""
+        items = new_rows(items, self.config, "item")
         ids = self._new_ids(items, self.config.data.item_col, self.catalog.item_index, "item")
         side = self._encode_new(items, "item")
         if self.config.text is not None and self.config.text.item_template:
@@ -166,6 +184,7 @@ class MultiTaskRecommender:
 
     def add_users(self, users: pd.DataFrame) -> list[str]:
         """New users with a profile and no history: recommendable at once by their id."""
+        users = new_rows(users, self.config, "user")
         ids = self._new_ids(users, self.config.data.user_col, self.catalog.user_index, "user")
         side = self._encode_new(users, "user")
         spec = self.config.text
@@ -181,12 +200,10 @@ class MultiTaskRecommender:
         return ids
 
     def _new_ids(self, frame: pd.DataFrame, id_col: str, known: dict, what: str) -> list[str]:
-        if not isinstance(frame, pd.DataFrame) or id_col not in frame.columns:
-            raise DataError(f"new {what}s need an '{id_col}' column")
-        ids = frame[id_col].astype(str).tolist()
+        ids = frame[id_col].tolist()
         clash = [i for i in ids if i in known]
-        if clash or len(set(ids)) != len(ids) or frame[id_col].isna().any():
-            raise DataError(f"new {what} ids must be unique, present and not in the catalog; "
+        if clash or len(set(ids)) != len(ids):
+            raise DataError(f"new {what}s: ids in '{id_col}' must be unique and not in the catalog; "
                             f"already known: {clash[:5]}")
         return ids
 
@@ -198,9 +215,14 @@ class MultiTaskRecommender:
                 frame[spec.col] = None
         return self.encoder.transform(frame.reset_index(drop=True), side)
 
+    def _check_model_source(self) -> None:
+        if self.run_dir is not None:
+            check_model_source(self.config.text.model, self.run_dir)
+
     @functools.cached_property
     def _text_encoder(self):
         from polyrec.text.encoder import TextEncoder
+        self._check_model_source()
         spec = self.config.text
         return TextEncoder(spec.model, spec.cache_dir, spec.batch_size, progress=False)
 
@@ -212,57 +234,83 @@ class MultiTaskRecommender:
         return self.objective.ranking_score_name(task)
 
     # ------------------------------------------------------------- persistence
-    def save(self, path: str | Path, metrics: dict | None = None) -> Path:
-        """Write the run directory atomically: it appears complete or not at all."""
+    def write_bundle(self, folder: Path) -> None:
+        """Write what serving and evaluation need (weights, config, vocabularies, catalog,
+        history, test split) into ``folder``; :meth:`save` places it safely."""
         model = self._require_model()
-        with staged_dir(Path(path)) as tmp:
-            frozen = model.frozen_keys()
-            save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in frozen}, tmp / WEIGHTS)
-            if self.text is not None:
-                save_file(self.text.tensors(), tmp / TEXT_WEIGHTS)
-            write_json(tmp / "config.json", self.config.model_dump())
-            write_json(tmp / "features.json", self.encoder.to_json())
-            write_json(tmp / "catalog.json", self.catalog.to_json())
-            users = np.concatenate([np.full(len(v), u) for u, v in self.history.items()])
-            items = np.concatenate(list(self.history.values()))
-            pd.DataFrame({"user": users, "item": items}).to_parquet(tmp / "history.parquet")
-            self.test.save(tmp / "eval" / "test", self.objective.names)
+        frozen = model.frozen_keys()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in frozen}, folder / WEIGHTS)
+        if self.text is not None:
+            save_file(self.text.tensors(), folder / TEXT_WEIGHTS)
+        write_json(folder / "config.json", self.config.model_dump())
+        write_json(folder / "features.json", self.encoder.to_json())
+        write_json(folder / "catalog.json", self.catalog.to_json())
+        users = np.concatenate([np.full(len(v), u) for u, v in self.history.items()])
+        items = np.concatenate(list(self.history.values()))
+        pd.DataFrame({"user": users, "item": items}).to_parquet(folder / HISTORY)
+        if self.test is not None:
+            self.test.save(folder / TEST_SPLIT, self.objective.names)
+
+    def save(self, path: str | Path, metrics: dict | None = None, overwrite: bool = False) -> Path:
+        """Write the run directory atomically: it appears complete or not at all. An existing
+        ``path`` must be an earlier polyrec run and ``overwrite`` True; nothing else is replaced."""
+        self._require_model()
+        with RunWriter(path, overwrite) as run:
+            self.write_bundle(run.staging)
             if self.result is not None:
-                with (tmp / "train_log.jsonl").open("w") as log:
-                    for record in self.result.history:
-                        log.write(json.dumps(record) + "\n")
-                write_step_log(tmp, self.objective.names, self.result.step_losses, self.result.step_weights,
-                               self.config.weighting.method)
+                TrainLog.replay(run.staging, self.objective.names, self.config.weighting.method, self.result.history,
+                                self.result.step_losses, self.result.step_weights)
             if metrics is not None:
-                write_json(tmp / "metrics.json", metrics)
-        return Path(path)
+                write_json(run.staging / "metrics.json", metrics)
+            return run.commit()
 
     @classmethod
-    def load(cls, path: str | Path) -> MultiTaskRecommender:
+    def load(cls, path: str | Path, text_model: str | None = None) -> MultiTaskRecommender:
+        """A run directory's recommender. The run's files decide nothing about where files are
+        written; ``text_model`` names the language model to use (needed when the run names a
+        local path; see :func:`polyrec.serve.bundle.read_config`)."""
         path = check_bundle(Path(path))
-        rec = cls(Config.model_validate(read_json(path / "config.json")))
-        rec.encoder = FeatureEncoder.from_json(read_json(path / "features.json"))
-        catalog = read_json(path / "catalog.json")
-        rec.catalog = Catalog(catalog["user_ids"], catalog["item_ids"], catalog["titles"])
-        state = load_file(path / WEIGHTS)
-        n_user_multi = len(rec.encoder.side_specs("user", "multi"))
+        rec = cls(read_config(path, text_model))
+        rec.run_dir = path if text_model is None else None
+        with reading(path / "features.json", "polyrec feature vocabularies"):
+            rec.encoder = FeatureEncoder.from_json(read_object(path / "features.json", "polyrec feature vocabularies",
+                                                               ("specs", "vocab", "offsets", "num_embeddings")))
+        catalog = read_object(path / "catalog.json", "a polyrec catalog", ("user_ids", "item_ids", "titles"))
+        with reading(path / "catalog.json", "a polyrec catalog"):
+            rec.catalog = Catalog(catalog["user_ids"], catalog["item_ids"], catalog["titles"])
+        state = load_weights(path / WEIGHTS)
+        rec.text = None
+        if rec.config.text is not None:
+            with reading(path / TEXT_WEIGHTS, "text whitening"):
+                item_w, profile_w = TextInputs.whitenings(load_weights(path / TEXT_WEIGHTS))
+        try:
+            if rec.config.text is not None:
+                rec.text = TextInputs(state["tables.item_text"], state["tables.user_text"], item_w, profile_w, [])
+            rec.model = rec._model_from_state(state)
+        except (KeyError, RuntimeError, ValueError, IndexError) as err:
+            raise RunError(f"{path / WEIGHTS} does not match {path / 'config.json'} and features.json "
+                           f"({str(err).splitlines()[0][:300]}); were they edited? Train the run again or restore "
+                           "them") from None
+        history = read_parquet(path / HISTORY)
+        with reading(path / HISTORY, "the run's interaction history"):
+            # copied: arrays read from parquet are read-only, and torch indexes with them
+            rec.history = {int(u): g["item"].to_numpy(copy=True) for u, g in history.groupby("user")}
+        rec.test = None
+        if (path / TEST_SPLIT).exists():
+            with reading(path / TEST_SPLIT, "the run's test split"):
+                rec.test = EvalData.load(path / TEST_SPLIT, rec.objective.names)
+        return rec
+
+    def _model_from_state(self, state: dict) -> MultiTaskModel:
+        n_user_multi = len(self.encoder.side_specs("user", "multi"))
         multi = [state[k] for k in sorted((k for k in state if k.startswith("tables.multi_")),
                                           key=lambda k: int(k.rsplit("_", 1)[1]))]
         side = lambda s, m: EncodedSide(state[f"tables.{s}_cat"], m, state[f"tables.{s}_num"],  # noqa: E731
                                         state[f"tables.{s}_text"])
-        rec.text = None
-        if rec.config.text is not None:
-            item_w, profile_w = TextInputs.whitenings(load_file(path / TEXT_WEIGHTS))
-            rec.text = TextInputs(state["tables.item_text"], state["tables.user_text"], item_w, profile_w, [])
-        rec.model = rec._build(side("user", multi[:n_user_multi]), side("item", multi[n_user_multi:]),
-                               rec._lora_encoder(rec.text, state))
-        missing, unexpected = rec.model.load_state_dict(state, strict=False)
-        frozen = rec.model.frozen_keys()
+        model = self._build(side("user", multi[:n_user_multi]), side("item", multi[n_user_multi:]),
+                            self._lora_encoder(self.text, state))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        frozen = model.frozen_keys()
         if set(missing) - frozen or unexpected:
-            raise DataError(f"{path / WEIGHTS} does not match its config: missing {sorted(set(missing) - frozen)[:5]}, "
-                            f"unexpected {unexpected[:5]}")
-        history = pd.read_parquet(path / "history.parquet")
-        # copied: arrays read from parquet are read-only, and torch indexes with them
-        rec.history = {int(u): g["item"].to_numpy(copy=True) for u, g in history.groupby("user")}
-        rec.test = EvalData.load(path / "eval" / "test", rec.objective.names)
-        return rec
+            raise KeyError(f"missing {sorted(set(missing) - frozen)[:5]}, unexpected {unexpected[:5]}")
+        return model

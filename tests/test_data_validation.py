@@ -65,7 +65,7 @@ def test_duplicate_pairs_and_ids(config, tables):
 
 def test_unknown_ids_in_side_table(config, tables):
     tables.items = tables.items[tables.items["item"] != "i3"]
-    with pytest.raises(DataError, match="missing from the items table: 'i3'"):
+    with pytest.raises(DataError, match="missing from the items table's 'item' column: 'i3'"):
         prepare(tables, config)
 
 
@@ -79,7 +79,7 @@ def test_non_numeric_numeric_feature(config, tables):
 def test_bad_time_column(config, tables):
     tables.interactions["ts"] = tables.interactions["ts"].astype(object)
     tables.interactions.loc[0, "ts"] = "yesterday-ish"
-    with pytest.raises(DataError, match="time column has values that are neither numbers nor dates"):
+    with pytest.raises(DataError, match="time column .ts. has values that are neither numbers nor dates, e.g. .yesterday-ish. at rows 0"):
         prepare(tables, config)
 
 

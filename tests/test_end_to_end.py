@@ -3,14 +3,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
 from polyrec.cli import app
 from polyrec.data.tables import DataError
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.serve.bundle import staged_dir
 from tests.conftest import BASE, make_tables
 
 runner = CliRunner()
@@ -115,21 +113,9 @@ def test_cli_bad_data_fails_cleanly_and_writes_nothing(tmp_path):
     assert not run.exists() and not list(tmp_path.glob(".run*"))
 
 
-def test_failed_save_leaves_previous_run_intact(tmp_path):
-    target = tmp_path / "run"
-    with staged_dir(target) as tmp:
-        (tmp / "a.txt").write_text("first")
-    with pytest.raises(RuntimeError):
-        with staged_dir(target) as tmp:
-            (tmp / "a.txt").write_text("half")
-            raise RuntimeError("disk full")
-    assert (target / "a.txt").read_text() == "first" and not list(tmp_path.glob(".run*"))
-
-
 def test_training_is_reproducible():
     from tests.conftest import make_config
     cfg = make_config(train__max_epochs=1)
     a = MultiTaskRecommender(cfg).fit(make_tables()).predict(["u1", "u2"], ["i1", "i2"])
     b = MultiTaskRecommender(cfg).fit(make_tables()).predict(["u1", "u2"], ["i1", "i2"])
     assert np.array_equal(a["click"].to_numpy(), b["click"].to_numpy())
-    assert torch.get_num_threads() == 2

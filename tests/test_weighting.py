@@ -11,6 +11,7 @@ from polyrec.weighting import WEIGHTINGS, build_weighting
 from polyrec.weighting.base import representation_grads
 from polyrec.weighting.mgda import min_norm_weights
 from polyrec.weighting.pcgrad import project_conflicting
+from tests.conftest import make_config
 
 
 def regression_tasks(n):
@@ -175,8 +176,23 @@ def test_representation_methods_need_a_shared_body(ml100k, ml_config):
 def test_unknown_method_or_option_is_a_config_error():
     with pytest.raises(ConfigError, match="choose one of"):
         build_weighting(WeightingSpec(method="gradvac"), regression_tasks(2))
-    with pytest.raises(ConfigError, match="weighting.options for 'dwa'"):
+    with pytest.raises(ConfigError, match=r"weighting.options.temp \(dwa\): Extra inputs"):
         build_weighting(WeightingSpec(method="dwa", options={"temp": 2}), regression_tasks(2))
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("gradnorm", "{alpha: abc}", r"weighting.options.alpha \(gradnorm\): Input should be a valid number"),
+    ("famo", "{lr: .nan}", r"weighting.options.lr \(famo\): Input should be a finite number"),
+    ("dwa", "{temperature: -5}", r"weighting.options.temperature \(dwa\): Input should be greater than 0"),
+    ("dwa", "{window: 0.5}", r"weighting.options.window \(dwa\)"),
+    ("multibalance", "{momentum: 1}", r"weighting.options.momentum \(multibalance\): Input should be less than 1"),
+    ("mgda_ub", "{normalize: l1}", r"weighting.options.normalize \(mgda_ub\)"),
+    ("static", "{weights: {clikc: 2}}", r"names unknown task\(s\) \['clikc'\]"),
+])
+def test_weighting_options_are_checked_when_the_config_is_read(method, options, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(weighting__method=method, weighting__options=options)
+    make_config(weighting__method=method)   # the method itself is fine with its defaults
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +246,10 @@ def test_run_directory_logs_weights_and_losses_per_step(tmp_path):
     assert steps[0]["weight"] == {"click": 1.0, "buy": 1.0, "stars": 0.5}  # Kendall's two forms, at σ = 1
     assert steps[-1]["weight"] != steps[0]["weight"]  # learned
     scalars = read_event_scalars(run / "tensorboard")
-    assert set(scalars) == {f"{kind}/{task}" for kind in ("loss", "weight") for task in ("click", "buy", "stars")}
+    per_step = {f"{kind}/{task}" for kind in ("loss", "weight") for task in ("click", "buy", "stars")}
+    per_epoch = {"valid/click/auc", "valid/buy/gauc", "valid/stars/rmse"}
+    assert per_step | per_epoch <= set(scalars)
     assert scalars["weight/stars"] == list(range(1, len(steps) + 1))
+    assert scalars["valid/click/auc"] == [len(steps) // len(epochs) * (e + 1) for e in range(len(epochs))]
     png = (run / "weighting.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -12,10 +12,8 @@ import numpy as np
 import pandas as pd
 
 from polyrec.config import Config, DataSpec
-
-
-class DataError(ValueError):
-    """The data does not match the configuration; the message says what and where."""
+from polyrec.errors import DataError
+from polyrec.text.templates import template_fields
 
 
 @dataclass
@@ -26,15 +24,30 @@ class Tables:
 
 
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """A CSV/TSV/Parquet file as a frame; a file that cannot be parsed is a DataError naming it."""
+    import pyarrow
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"{what} file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".tsv", ".txt"):
+    if suffix not in (".parquet", ".csv", ".tsv", ".txt"):
+        raise DataError(f"{what} file {path}: unsupported format '{suffix}' (use .csv, .tsv or .parquet)")
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
         return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    raise DataError(f"{what} file {path}: unsupported format '{suffix}' (use .csv, .tsv or .parquet)")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what} file {path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at "
+                        f"position {err.start}): save it as UTF-8 (e.g. iconv -f latin1 -t utf-8) or as Parquet"
+                        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{what} file {path} is empty: it needs a header row with the column names") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{what} file {path} is not valid CSV: {err}") from None
+    except (pyarrow.ArrowException, OSError) as err:
+        raise DataError(f"{what} file {path} cannot be read as {suffix[1:]} ({str(err)[:200]}); it may be "
+                        "truncated or corrupt: write it again") from None
 
 
 def load_tables(spec: DataSpec) -> Tables:
@@ -87,7 +100,8 @@ def validate(tables: Tables, config: Config) -> Tables:
     dup = inter.duplicated([spec.user_col, spec.item_col], keep=False)
     if dup.any():
         pairs = inter.loc[dup, [spec.user_col, spec.item_col]].drop_duplicates().itertuples(index=False)
-        raise DataError(f"interactions table: duplicate (user, item) pairs {_examples(map(tuple, pairs))}; "
+        raise DataError(f"interactions table: duplicate (user, item) pairs in columns '{spec.user_col}', "
+                        f"'{spec.item_col}': {_examples(map(tuple, pairs))} at rows {_examples(inter.index[dup])}; "
                         "aggregate repeated interactions into one row per pair first")
     if spec.time_col is not None and spec.time_col in inter:
         inter[spec.time_col] = _time(inter[spec.time_col])
@@ -110,8 +124,19 @@ def validate(tables: Tables, config: Config) -> Tables:
             if bad.any():
                 raise DataError(f"interactions table: binary label '{task.col}' must be 0 or 1, found "
                                 f"{_examples(values[bad].unique())} at rows {_examples(inter.index[bad])}")
-        elif not np.isfinite(values.dropna()).all():
-            raise DataError(f"interactions table: regression label '{task.col}' has infinite values")
+        else:
+            infinite = values.notna() & ~np.isfinite(values)
+            if infinite.any():
+                raise DataError(f"interactions table: regression label '{task.col}' is infinite at rows "
+                                f"{_examples(inter.index[infinite])}")
+        if task.depends_on is not None and task.kind == "binary":
+            parent = tasks[task.depends_on].col
+            orphan = (values > 0) & (inter[parent] == 0)
+            if orphan.any():
+                raise DataError(f"interactions table: label '{task.col}' (task '{task.name}') is positive where its "
+                                f"parent label '{parent}' is 0, at rows {_examples(inter.index[orphan])}; a "
+                                f"'{task.name}' can only happen after a '{task.depends_on}': fix those rows, or "
+                                f"leave '{task.col}' empty there")
     for label in config.data.negatives.labels:
         if label not in label_cols:
             raise DataError(f"data.negatives.labels: '{label}' is not the label column of any task {label_cols}")
@@ -130,8 +155,9 @@ def _time(series: pd.Series) -> pd.Series:
     if numeric.isna().any():
         parsed = pd.to_datetime(series, errors="coerce", format="mixed")
         if parsed.isna().any():
-            raise DataError(f"interactions table: time column has values that are neither numbers nor dates, "
-                            f"e.g. {_examples(series[parsed.isna()].unique())}")
+            raise DataError(f"interactions table: time column '{series.name}' has values that are neither numbers "
+                            f"nor dates, e.g. {_examples(series[parsed.isna()].unique())} at rows "
+                            f"{_examples(series.index[parsed.isna()])}")
         return parsed.astype("int64")
     return numeric
 
@@ -160,17 +186,54 @@ def _side(df: pd.DataFrame | None, key: str, table: str, used_ids: pd.Series, co
     df[key] = _ids(df[key], table, key)
     dup = df[key].duplicated(keep=False)
     if dup.any():
-        raise DataError(f"{table} table: duplicate ids in '{key}': {_examples(df.loc[dup, key].unique())}")
+        raise DataError(f"{table} table: duplicate ids in '{key}': {_examples(df.loc[dup, key].unique())} at rows "
+                        f"{_examples(df.index[dup])}")
     unknown = set(used_ids.unique()) - set(df[key])
     if unknown:
-        raise DataError(f"interactions reference {len(unknown)} {source} id(s) missing from the {table} table: "
-                        f"{_examples(sorted(unknown))}")
+        raise DataError(f"interactions reference {len(unknown)} {source} id(s) missing from the {table} table's "
+                        f"'{key}' column: {_examples(sorted(unknown))}")
+    return numeric_features(df, table, config, source).reset_index(drop=True)
+
+
+def numeric_features(df: pd.DataFrame, table: str, config: Config, source: str) -> pd.DataFrame:
+    """``df`` with its numeric and bucket feature columns (those present) as finite numbers or NaN."""
+    df = df.copy()
     for feat in config.features:
-        if feat.source == source and feat.kind in ("bucket", "numeric"):
-            values = pd.to_numeric(df[feat.col], errors="coerce")
-            bad = values.isna() & df[feat.col].notna()
+        if feat.source == source and feat.kind in ("bucket", "numeric") and feat.col in df:
+            column = df[feat.col]
+            try:
+                values = pd.to_numeric(column, errors="coerce")
+            except TypeError:   # cells that are lists, dicts, ...
+                values = pd.Series(np.nan, index=column.index)
+            bad = values.isna() & column.notna()
             if bad.any():
                 raise DataError(f"{table} table: numeric feature '{feat.col}' has non-numeric values "
-                                f"{_examples(df.loc[bad, feat.col].unique())}")
+                                f"{_examples(column[bad].unique())} at rows {_examples(df.index[bad])}")
+            infinite = np.isinf(values.to_numpy(dtype=float))
+            if infinite.any():
+                raise DataError(f"{table} table: numeric feature '{feat.col}' is infinite at rows "
+                                f"{_examples(df.index[infinite])}; leave a value empty if it is unknown")
             df[feat.col] = values
-    return df.reset_index(drop=True)
+    return df
+
+
+def new_rows(frame, config: Config, source: str) -> pd.DataFrame:
+    """Validate rows of new users or items (cold start) as training tables are validated: the id
+    column, known columns only (absent features count as missing values), numeric features."""
+    table = f"new {source}s"
+    key = config.data.user_col if source == "user" else config.data.item_col
+    if not isinstance(frame, pd.DataFrame) or len(frame) == 0:
+        raise DataError(f"{table}: give a non-empty table (JSON object or list of objects) with a '{key}' column")
+    _require_columns(frame, [key], table)
+    frame = frame.reset_index(drop=True)
+    frame[key] = _ids(frame[key], table, key)
+    known = {key, *(f.col for f in config.features if f.source == source)}
+    text = config.text
+    template = text and (text.user_template if source == "user" else text.item_template)
+    known |= set(template_fields(template)) if template else set()
+    if source == "item" and config.data.title_col:
+        known.add(config.data.title_col)
+    unknown = [c for c in frame.columns if c not in known]
+    if unknown:
+        raise DataError(f"{table}: unknown column(s) {unknown}; the model reads {sorted(known)}")
+    return numeric_features(frame, table, config, source)

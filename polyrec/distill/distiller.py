@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from polyrec.config import Config, ConfigError, DistillSpec
+from polyrec.config import Config, DistillSpec, read_yaml
+from polyrec.errors import ConfigError
 from polyrec.data.dataset import PreparedData, Samples, prepare
-from polyrec.data.tables import DataError, Tables, load_tables
+from polyrec.data.tables import Tables, load_tables
+from polyrec.errors import DataError
 from polyrec.distill.objective import DistillObjective, ranking_log_score
 from polyrec.evaluate.evaluator import predict_logits
 from polyrec.recommender import MultiTaskRecommender
@@ -25,8 +26,10 @@ from polyrec.train.trainer import seed_everything
 _TEXT_INPUTS = ("model", "item_template", "user_template", "user_history", "whiten_dim", "mode")
 
 
-def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None = None) -> MultiTaskRecommender:
-    """Train the student that ``config`` describes from ``teacher``; returns the fitted student."""
+def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None = None,
+            log_dir: str | Path | None = None) -> MultiTaskRecommender:
+    """Train the student that ``config`` describes from ``teacher``; returns the fitted student
+    (``log_dir``: where the training log goes as training runs)."""
     check_compatible(teacher, config)
     spec = config.distill or DistillSpec()
     seed_everything(config.train.seed, config.train.threads)
@@ -51,15 +54,13 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     objective = DistillObjective(student.objective, spec, predict_logits(teacher.model, data.train.user, data.train.item),
                                  candidates, scores, rank_task, config.train.seed,
                                  teacher.model if spec.hidden_weight else None)
-    return student.fit_prepared(data, objective)
+    return student.fit_prepared(data, objective, log_dir)
 
 
 def student_config(teacher: Config, path: Path, overrides: list[str] | None = None) -> Config:
     """The teacher's config with the student file's sections merged over it (nested keys
     replace one by one), then ``overrides``: a student file names only what differs."""
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    return Config.from_dict(_merge(teacher.model_dump(), yaml.safe_load(path.read_text()) or {}), overrides)
+    return Config.from_dict(_merge(teacher.model_dump(), read_yaml(path)), overrides)
 
 
 def _merge(base: dict, changes: dict) -> dict:

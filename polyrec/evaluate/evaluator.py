@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from polyrec.data.dataset import EvalData, Samples
 from polyrec.evaluate import metrics as M
@@ -45,7 +46,7 @@ def _pairs_by_row(rows: np.ndarray, items: np.ndarray):
 
 
 def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
-                     chunk_users: int = 256) -> dict[str, dict[str, float]]:
+                     chunk_users: int = 256, progress: bool = False) -> dict[str, dict[str, float]]:
     """Rank every catalog item not among the user's earlier interactions, for each binary task.
 
     Ground truth for a task: the split's interactions where its label (for a dependent
@@ -69,7 +70,8 @@ def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, 
     acc = {t.name: M.RankingAccumulator(ks, n_items) for t in tasks}
     all_items = torch.arange(n_items)
     model.eval()
-    for a in range(0, len(users), chunk_users):
+    for a in tqdm(range(0, len(users), chunk_users), desc="ranking the catalog for each user", unit="chunk",
+                  disable=not progress, leave=False):
         chunk = users[a:a + chunk_users]
         n = len(chunk)
         logits = predict_logits(model, chunk.repeat_interleave(n_items), all_items.repeat(n))
@@ -88,10 +90,10 @@ def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, 
 
 
 def evaluate(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
-             ranking: bool = True) -> dict:
+             ranking: bool = True, progress: bool = False) -> dict:
     out = evaluate_pointwise(model, objective, data.samples)
     if ranking:
-        out["ranking"] = evaluate_ranking(model, objective, data, n_items, ks)
+        out["ranking"] = evaluate_ranking(model, objective, data, n_items, ks, progress=progress)
     return out
 
 

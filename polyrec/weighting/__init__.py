@@ -5,7 +5,9 @@ one backward — static, uncertainty, dwa, famo;
 one backward + per-task gradients at the shared representation (task layers only) —
 gradnorm, mgda_ub, multibalance; one backward per task — pcgrad.
 """
-from polyrec.config import ConfigError, TaskSpec, WeightingSpec
+from pydantic import ValidationError
+
+from polyrec.errors import ConfigError
 from polyrec.weighting.base import Weighting
 from polyrec.weighting.dwa import DWA
 from polyrec.weighting.famo import FAMO
@@ -22,13 +24,17 @@ WEIGHTINGS: dict[str, type[Weighting]] = {
 }
 
 
-def build_weighting(spec: WeightingSpec, tasks: list[TaskSpec]) -> Weighting:
+def build_weighting(spec, tasks: list) -> Weighting:
+    """The method ``spec`` (a WeightingSpec) names, with its options type- and range-checked."""
     if spec.method not in WEIGHTINGS:
         raise ConfigError(f"weighting.method '{spec.method}' is unknown; choose one of {sorted(WEIGHTINGS)}")
+    method = WEIGHTINGS[spec.method]
     try:
-        return WEIGHTINGS[spec.method](tasks, **spec.options)
-    except TypeError as err:
-        raise ConfigError(f"weighting.options for '{spec.method}': {err}") from None
+        options = method.options_model().model_validate(spec.options)
+    except ValidationError as err:
+        raise ConfigError("; ".join(f"weighting.options.{'.'.join(map(str, e['loc']))} ({spec.method}): {e['msg']}"
+                                    for e in err.errors())) from None
+    return method(tasks, **options.model_dump(exclude_unset=True))
 
 
 __all__ = ["WEIGHTINGS", "Weighting", "build_weighting"]

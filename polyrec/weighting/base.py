@@ -11,16 +11,34 @@ of tasks), so runs of different methods plot on one axis.
 """
 from __future__ import annotations
 
+import inspect
+import typing
+from typing import Annotated, Any
+
 import torch
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from torch import nn
 
-from polyrec.config import TaskSpec
+# option types for a method's keyword arguments: they are checked when the config is read
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class Weighting(nn.Module):
-    def __init__(self, tasks: list[TaskSpec]):
+    """``tasks``: the config's task specs (name, kind, weight); keyword arguments after it
+    are the method's ``weighting.options``, typed with pydantic-compatible annotations."""
+
+    def __init__(self, tasks: list):
         super().__init__()
         self.n_tasks = len(tasks)
+
+    @classmethod
+    def options_model(cls) -> type[BaseModel]:
+        """A pydantic model of the method's options, from its keyword arguments and their types."""
+        hints = typing.get_type_hints(cls.__init__, include_extras=True)
+        params = list(inspect.signature(cls.__init__).parameters.values())[2:]   # after self, tasks
+        return create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid"),
+                            **{p.name: (hints.get(p.name, Any), p.default) for p in params})
 
     def backward(self, losses: torch.Tensor, model: nn.Module) -> torch.Tensor:
         """Accumulate gradients for ``losses`` [T]; return the weights applied [T]."""

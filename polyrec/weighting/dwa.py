@@ -6,12 +6,13 @@ the window is ``window`` steps (about half an epoch of MovieLens-100K at batch 1
 Equal weights until two windows are complete.
 """
 import torch
+from pydantic import PositiveInt
 
-from polyrec.weighting.base import Weighting
+from polyrec.weighting.base import Positive, Weighting
 
 
 class DWA(Weighting):
-    def __init__(self, tasks, temperature: float = 2.0, window: int = 200):
+    def __init__(self, tasks, temperature: Positive = 2.0, window: PositiveInt = 200):
         super().__init__(tasks)
         self.temperature, self.window = temperature, window
         self.register_buffer("running", torch.zeros(len(tasks)))

@@ -8,11 +8,11 @@ batch after the step; here the next step's batch stands in (no extra forward pas
 """
 import torch
 
-from polyrec.weighting.base import Weighting, weighted_backward
+from polyrec.weighting.base import NonNegative, Positive, Weighting, weighted_backward
 
 
 class FAMO(Weighting):
-    def __init__(self, tasks, lr: float = 0.025, decay: float = 0.001):
+    def __init__(self, tasks, lr: Positive = 0.025, decay: NonNegative = 0.001):
         super().__init__(tasks)
         self.lr, self.decay = lr, decay
         self.register_buffer("logits", torch.zeros(len(tasks)))

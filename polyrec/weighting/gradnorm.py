@@ -10,11 +10,11 @@ backward of Σ w_i ℓ_i. Weights are renormalized to sum to T before every step
 import torch
 from torch import nn
 
-from polyrec.weighting.base import Weighting, representation_grads
+from polyrec.weighting.base import NonNegative, Weighting, representation_grads
 
 
 class GradNorm(Weighting):
-    def __init__(self, tasks, alpha: float = 1.5):
+    def __init__(self, tasks, alpha: NonNegative = 1.5):
         super().__init__(tasks)
         self.alpha = alpha
         self.weights = nn.Parameter(torch.ones(len(tasks)))

@@ -5,6 +5,8 @@ goes through the shared body.
 ``normalize``: ``loss+`` divides each task gradient by its loss times its norm (the
 paper's choice on mixed losses), ``l2`` by its norm, ``none`` leaves it.
 """
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -33,10 +35,8 @@ def min_norm_weights(gram: torch.Tensor, iterations: int = 50) -> torch.Tensor:
 
 
 class MGDA(Weighting):
-    def __init__(self, tasks, normalize: str = "loss+"):
+    def __init__(self, tasks, normalize: Literal["loss+", "l2", "none"] = "loss+"):
         super().__init__(tasks)
-        if normalize not in ("loss+", "l2", "none"):
-            raise TypeError(f"normalize must be 'loss+', 'l2' or 'none', not {normalize!r}")
         self.normalize = normalize
 
     def backward(self, losses, model):

@@ -6,13 +6,16 @@ task-specific layers only), its norm tracked by a moving average m_i, and the ta
 weight set to mean(m)/m_i, times the task's configured ``weight`` as a priority, so that
 no task's gradient dominates what the shared body learns.
 """
+from typing import Annotated
+
 import torch
+from pydantic import Field
 
 from polyrec.weighting.base import Weighting, representation_grads, weighted_backward
 
 
 class MultiBalance(Weighting):
-    def __init__(self, tasks, momentum: float = 0.9):
+    def __init__(self, tasks, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9):
         super().__init__(tasks)
         self.momentum = momentum
         self.register_buffer("priority", torch.tensor([t.weight for t in tasks]))

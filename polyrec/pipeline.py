@@ -1,0 +1,33 @@
+"""Train → evaluate → write a run directory: what `polyrec train`, `distill` and `quickstart` run."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from polyrec.config import Config
+from polyrec.recommender import MultiTaskRecommender
+from polyrec.rundir import RunWriter
+from polyrec.serve.bundle import write_json
+
+
+def train_run(config: Config, out: str | Path, overwrite: bool = False,
+              fit: Callable[[Path], MultiTaskRecommender] | None = None) -> tuple[MultiTaskRecommender, dict]:
+    """Train with ``fit(log_dir)`` (default: the config's model from scratch), evaluate on test,
+    and write the run directory ``out``; returns (recommender, metrics).
+
+    ``out`` is checked before any work (see :mod:`polyrec.rundir`); the training log goes into
+    the staging folder as training runs, and the whole run appears at ``out`` only at the end.
+    """
+    with RunWriter(out, overwrite) as run:
+        start = time.perf_counter()
+        rec = fit(run.staging) if fit is not None else MultiTaskRecommender(config).fit(log_dir=run.staging)
+        seconds = time.perf_counter() - start
+        metrics = {"valid": rec.result.best_valid, "test": rec.evaluate(progress=config.train.progress),
+                   "best_epoch": rec.result.best_epoch, "epochs": rec.result.epochs, "train_seconds": seconds,
+                   "train_samples_per_s": rec.result.train_samples_per_s, "params": rec.model.n_parameters(),
+                   "serving_params": rec.model.n_serving_parameters()}
+        rec.write_bundle(run.staging)
+        write_json(run.staging / "metrics.json", metrics)
+        run.commit()
+    return rec, metrics

@@ -1,0 +1,89 @@
+"""Training evidence, written as training goes: a crash leaves everything up to that point.
+
+Into a run's (staging) folder: ``train_log.jsonl`` (one record per epoch: task losses,
+weights, validation metrics), ``train_steps.jsonl`` (one record per step: task losses and
+weights), ``tensorboard/`` (scalars ``loss/<task>``, ``weight/<task>`` per step and
+``valid/<task>/<metric>`` per epoch, at the step the epoch ended) and, when training
+finishes, ``weighting.png``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+class TrainLog:
+    def __init__(self, folder: str | Path, tasks: list[str], method: str):
+        from tensorboardX import SummaryWriter  # imported here: only runs that log need it
+
+        self.folder, self.tasks, self.method = Path(folder), tasks, method
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._epochs = (self.folder / "train_log.jsonl").open("a")
+        self._steps = (self.folder / "train_steps.jsonl").open("a")
+        self._board = SummaryWriter(str(self.folder / "tensorboard"))
+        self.losses: list[list[float]] = []
+        self.weights: list[list[float]] = []
+
+    def step(self, losses: list[float], weights: list[float]) -> None:
+        self.losses.append(losses)
+        self.weights.append(weights)
+        step = len(self.losses)
+        self._steps.write(json.dumps({"step": step, "loss": dict(zip(self.tasks, losses)),
+                                      "weight": dict(zip(self.tasks, weights))}) + "\n")
+        for task, value, weight in zip(self.tasks, losses, weights):
+            self._board.add_scalar(f"loss/{task}", value, step)
+            self._board.add_scalar(f"weight/{task}", weight, step)
+
+    def epoch(self, record: dict) -> None:
+        self._epochs.write(json.dumps(record) + "\n")
+        for task, metrics in record["valid"].items():
+            for name, value in metrics.items():
+                if name != "rows" and math.isfinite(value):   # e.g. GAUC with no user having both labels
+                    self._board.add_scalar(f"valid/{task}/{name}", value, len(self.losses))
+        for out in (self._epochs, self._steps):
+            out.flush()
+        self._board.flush()
+
+    def close(self) -> None:
+        """Close the files and draw ``weighting.png`` (only when there were steps)."""
+        self._epochs.close()
+        self._steps.close()
+        self._board.close()
+        if self.losses:
+            plot_steps(self.folder / "weighting.png", self.tasks, np.asarray(self.losses),
+                       np.asarray(self.weights), self.method)
+
+    @classmethod
+    def replay(cls, folder: Path, tasks: list[str], method: str, epochs: list[dict],
+               losses: list[list[float]], weights: list[list[float]]) -> None:
+        """Write a finished training's log (kept in memory) into ``folder`` at once."""
+        log = cls(folder, tasks, method)
+        per_epoch = len(losses) // max(len(epochs), 1)
+        for e, record in enumerate(epochs):
+            for s in range(e * per_epoch, (e + 1) * per_epoch):
+                log.step(losses[s], weights[s])
+            log.epoch(record)
+        log.close()
+
+
+def plot_steps(path: Path, tasks: list[str], losses: np.ndarray, weights: np.ndarray, method: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    window = max(1, len(losses) // 100)  # smooth the per-batch noise over ~1% of training
+    kernel = np.ones(window) / window
+    steps = np.arange(window, len(losses) + 1)
+    for t, task in enumerate(tasks):
+        top.plot(steps, np.convolve(losses[:, t], kernel, "valid"), label=task)
+        bottom.plot(steps, np.convolve(weights[:, t], kernel, "valid"), label=task)
+    top.set(ylabel="task loss", yscale="log", title=f"weighting: {method}")
+    bottom.set(ylabel="task weight / gradient scale", xlabel="training step")
+    top.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
