@@ -5,14 +5,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from polyrec.errors import ConfigError
 from polyrec.weighting import build_weighting
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FeatureSpec(_Strict):
@@ -123,8 +123,8 @@ class ModelSpec(_Strict):
     # p(child | parent) loss on the parent's positive rows with this weight (0 = the paper's ESMM).
     esmm_conditional_weight: float = Field(0.0, ge=0)
     embed_dim: int = Field(16, gt=0)
-    expert_dims: list[int] = Field(default_factory=lambda: [128, 64])
-    tower_dims: list[int] = Field(default_factory=lambda: [32])
+    expert_dims: list[PositiveInt] = Field(default_factory=lambda: [128, 64], min_length=1)
+    tower_dims: list[PositiveInt] = Field(default_factory=lambda: [32])
     n_experts: int = Field(4, gt=0)
     ple_levels: int = Field(2, gt=0)
     ple_shared_experts: int = Field(1, gt=0)
@@ -221,7 +221,7 @@ class TrainSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    ks: list[int] = Field(default_factory=lambda: [10])
+    ks: list[PositiveInt] = Field(default_factory=lambda: [10], min_length=1)
     ranking: bool = True
     rank_by: str | None = None
 

@@ -81,13 +81,15 @@ class RunWriter:
         self._committed = False
 
     def __enter__(self) -> RunWriter:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
+        parent = self.target.parent.absolute()
+        self._created = [p for p in (parent, *parent.parents) if not p.exists()]   # removed again on failure
+        parent.mkdir(parents=True, exist_ok=True)
         self._lock.acquire(self.target)
         try:
             self.staging = self.target.parent / f".{self.target.name}.partial-{os.getpid()}-{secrets.token_hex(3)}"
             self.staging.mkdir()
         except BaseException:
-            self._lock.release()
+            self._release()
             raise
         return self
 
@@ -120,7 +122,16 @@ class RunWriter:
                 else:
                     shutil.rmtree(self.staging, ignore_errors=True)
         finally:
-            self._lock.release()
+            self._release()
+
+    def _release(self) -> None:
+        self._lock.release()
+        if not self._committed:
+            for folder in self._created:   # innermost first; only while empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 class _TargetLock:

@@ -71,10 +71,10 @@ def test_cli_evaluate_and_recommend_from_bundle(trained):
     _, metrics, run = trained
     out = runner.invoke(app, ["evaluate", str(run), "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output)["watch"]["auc"] == pytest.approx(metrics["watch"]["auc"])
+    assert json.loads(out.stdout)["watch"]["auc"] == pytest.approx(metrics["watch"]["auc"])
     out = runner.invoke(app, ["recommend", str(run), "--user", "42", "-k", "5", "--json"])
     assert out.exit_code == 0, out.output
-    assert len(json.loads(out.output)["items"]) == 5
+    assert len(json.loads(out.stdout)["items"]) == 5
     out = runner.invoke(app, ["recommend", str(run), "--user", "nobody"])
     assert out.exit_code == 2 and "unknown user id 'nobody'" in out.output
 

@@ -98,7 +98,7 @@ def test_new_item_and_new_user_are_recommendable_without_retraining(tmp_path):
     # a new item with the same text as a known one is scored like that item would be without its ID
     with pytest.raises(DataError, match="already known"):
         rec.add_items(pd.DataFrame({"item": ["i3"], "name": ["x"]}))
-    with pytest.raises(DataError, match="need an 'user' column"):
+    with pytest.raises(DataError, match=r"new users table: missing column\(s\) \['user'\]"):
         rec.add_users(pd.DataFrame({"id": ["x"]}))
 
 
@@ -136,3 +136,30 @@ def test_cli_recommends_new_items_to_a_new_user(tmp_path):
     assert "brand-new" in {it["item_id"] for it in result["items"]}
     bad = CliRunner().invoke(app, ["recommend", run, "--user", "u1", "--new-item", "{oops"])
     assert bad.exit_code == 2 and "--new-item: not valid JSON" in bad.output
+
+
+def test_a_run_directory_does_not_choose_where_files_go_or_which_model_loads(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from polyrec.cli import app
+    rec = MultiTaskRecommender(text_config(tmp_path, "data.verb=bought")).fit(make_tables())
+    run = rec.save(tmp_path / "run")
+    out = CliRunner().invoke(app, ["recommend", str(run), "--user", "u1", "-k", "3"], env={"COLUMNS": "250"})
+    assert out.exit_code == 0 and "because you bought" in out.stdout
+    config = json.loads((run / "config.json").read_text())
+    config["text"]["cache_dir"] = str(tmp_path / "elsewhere")   # a crafted run folder
+    (run / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("POLYREC_CACHE", str(tmp_path / "own-cache"))
+    new_item = ["--new-item", '{"item": "x1", "name": "A brand new thing", "tags": "a"}']
+    out = CliRunner().invoke(app, ["recommend", str(run), "--user", "u1", *new_item, "--json"])
+    assert out.exit_code == 0, out.output
+    assert not (tmp_path / "elsewhere").exists() and list((tmp_path / "own-cache" / "text").glob("*.npz"))
+    config["text"]["model"] = str(tmp_path / "some-model-folder")   # a local path named by the run folder
+    (run / "config.json").write_text(json.dumps(config))
+    out = CliRunner().invoke(app, ["recommend", str(run), "--user", "u1", *new_item])
+    assert out.exit_code == 2 and "a run directory may not choose which files are loaded" in out.stderr
+    out = CliRunner().invoke(app, ["recommend", str(run), "--user", "u1", *new_item, "--text-model",
+                                   "all-MiniLM-L6-v2", "--json", "-k", "50"])
+    assert out.exit_code == 0 and "x1" in {item["item_id"] for item in json.loads(out.stdout)["items"]}

@@ -247,7 +247,7 @@ def test_run_directory_logs_weights_and_losses_per_step(tmp_path):
     assert steps[-1]["weight"] != steps[0]["weight"]  # learned
     scalars = read_event_scalars(run / "tensorboard")
     per_step = {f"{kind}/{task}" for kind in ("loss", "weight") for task in ("click", "buy", "stars")}
-    per_epoch = {"valid/click/auc", "valid/buy/gauc", "valid/stars/rmse"}
+    per_epoch = {"valid/click/auc", "valid/buy/auc", "valid/stars/rmse"}
     assert per_step | per_epoch <= set(scalars)
     assert scalars["weight/stars"] == list(range(1, len(steps) + 1))
     assert scalars["valid/click/auc"] == [len(steps) // len(epochs) * (e + 1) for e in range(len(epochs))]

@@ -33,6 +33,11 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv", ".tsv", ".txt"):
         raise DataError(f"{what} file {path}: unsupported format '{suffix}' (use .csv, .tsv or .parquet)")
+    if suffix != ".parquet":
+        with path.open("rb") as f:
+            if b"\0" in f.read(1 << 16):
+                raise DataError(f"{what} file {path} is a binary file, not {suffix[1:].upper()} text; give a CSV/TSV "
+                                "text file, or a Parquet file named .parquet")
     try:
         if suffix == ".parquet":
             return pd.read_parquet(path)
