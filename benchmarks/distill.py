@@ -25,7 +25,7 @@ import torch
 from polyrec.cli import DEFAULT_CONFIG, STUDENT_CONFIG
 from polyrec.config import Config
 from polyrec.data.dataset import prepare
-from polyrec.data.tables import load_tables
+from polyrec.data.sources import load_tables
 from polyrec.distill import distill, student_config
 from polyrec.evaluate.evaluator import evaluate, predict_logits
 from polyrec.recommender import MultiTaskRecommender

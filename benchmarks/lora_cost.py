@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
 from polyrec.data.dataset import prepare
-from polyrec.data.tables import load_tables
+from polyrec.data.sources import load_tables
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.train.trainer import make_optimizer, run_epoch, seed_everything
 from polyrec.weighting import build_weighting

@@ -23,10 +23,10 @@ import torch
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
 from polyrec.data.dataset import PreparedData, Samples, prepare
-from polyrec.data.tables import load_tables
+from polyrec.data.sources import load_tables
 from polyrec.evaluate.evaluator import predict_logits
 from polyrec.models.network import MultiTaskModel, build_model
-from polyrec.train.objective import Objective
+from polyrec.objective import Objective
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.train.trainer import make_optimizer, run_epoch, seed_everything
 from polyrec.weighting import build_weighting

@@ -29,7 +29,7 @@ import torch
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
 from polyrec.data.dataset import prepare
-from polyrec.data.tables import load_tables
+from polyrec.data.sources import load_tables
 from polyrec.evaluate.evaluator import evaluate
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.text.encoder import TextEncoder

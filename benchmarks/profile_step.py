@@ -23,9 +23,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
 from polyrec.data.dataset import prepare
-from polyrec.data.tables import load_tables
+from polyrec.data.sources import load_tables
 from polyrec.models.network import build_model
-from polyrec.train.objective import Objective
+from polyrec.objective import Objective
 from polyrec.train.trainer import make_optimizer, seed_everything
 from polyrec.weighting import build_weighting
 

@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 
 import torch
-
 from ml100k_mt import model_config
+
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
 from polyrec.data.dataset import PreparedData, prepare
-from polyrec.data.tables import load_tables
+from polyrec.data.sources import load_tables
 from polyrec.models.network import build_model
+from polyrec.objective import Objective
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.train.objective import Objective
 from polyrec.train.trainer import make_optimizer, seed_everything
 from polyrec.weighting import WEIGHTINGS, build_weighting
 

@@ -132,7 +132,8 @@ def distill(teacher: Path = typer.Option(..., "--teacher", "-t", help="run direc
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/student-<time>)"),
             overwrite: bool = OVERWRITE):
     """Train a small student from a trained teacher; writes a normal run directory."""
-    from polyrec.distill import distill as distill_student, student_config
+    from polyrec.distill import distill as distill_student
+    from polyrec.distill import student_config
     from polyrec.pipeline import train_run
     from polyrec.recommender import MultiTaskRecommender
     from polyrec.rundir import check_target

@@ -5,7 +5,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from polyrec.errors import ConfigError
 from polyrec.weighting import build_weighting
@@ -93,7 +100,7 @@ class NegativeSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    dataset: Literal["movielens-100k"] | None = None
+    dataset: str | None = None          # a built-in dataset (polyrec.data.sources.DATASETS)
     interactions: str | None = None
     users: str | None = None
     items: str | None = None
@@ -103,6 +110,7 @@ class DataSpec(_Strict):
     title_col: str | None = None
     verb: str = "interacted with"   # past tense, for explanations: "because you watched ..."
     cache_dir: str | None = None
+    seed: int = 2024                   # the split, sampled negatives and cold items; train.seed is the model's
     split: SplitSpec = Field(default_factory=SplitSpec)
     negatives: NegativeSpec = Field(default_factory=NegativeSpec)
     # Cold-start evaluation: this share of items (seeded) is held out of train and valid
@@ -260,7 +268,14 @@ class Config(_Strict):
                                  f"({sorted(categorical)}) and a probability in [0, 1)")
         if self.eval.rank_by is not None and self.eval.rank_by not in by_name:
             raise ValueError(f"eval.rank_by: '{self.eval.rank_by}' is not a task ({names})")
-        build_weighting(self.weighting, self.tasks)   # the method's options, checked now rather than mid-training
+        weighting = build_weighting(self.weighting, self.tasks)   # options checked now, not mid-training
+        if weighting.needs_representation and self.model.arch == "single":
+            raise ValueError(f"weighting.method '{self.weighting.method}' balances task gradients at the shared "
+                             "representation, and model.arch 'single' shares none: use sharedbottom, mmoe or ple, "
+                             "or another weighting method")
+        if self.distill is not None and self.distill.hidden_weight and self.model.arch == "single":
+            raise ValueError("distill.hidden_weight matches shared representations, and model.arch 'single' shares "
+                             "none: use sharedbottom, mmoe or ple, or hidden_weight 0")
         return self
 
     @classmethod

@@ -8,7 +8,7 @@ from typing import Callable
 from polyrec.config import Config
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.rundir import RunWriter
-from polyrec.serve.bundle import write_json
+from polyrec.serve.bundle import write_bundle, write_json
 
 
 def train_run(config: Config, out: str | Path, overwrite: bool = False,
@@ -27,7 +27,7 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False,
                    "best_epoch": rec.result.best_epoch, "epochs": rec.result.epochs, "train_seconds": seconds,
                    "train_samples_per_s": rec.result.train_samples_per_s, "params": rec.model.n_parameters(),
                    "serving_params": rec.model.n_serving_parameters()}
-        rec.write_bundle(run.staging)
+        write_bundle(run.staging, rec.to_bundle())
         write_json(run.staging / "metrics.json", metrics)
         run.commit()
     return rec, metrics

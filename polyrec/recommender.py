@@ -1,4 +1,4 @@
-"""The user-facing estimator: fit, evaluate, predict, recommend, save, load."""
+"""The user-facing estimator: fit, evaluate, predict, recommend, add new items and users, save, load."""
 from __future__ import annotations
 
 import functools
@@ -7,28 +7,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 
 from polyrec.config import Config
-from polyrec.data.dataset import Catalog, EvalData, PreparedData, prepare
-from polyrec.data.features import EncodedSide, FeatureEncoder
-from polyrec.data.tables import Tables, load_tables, new_rows
+from polyrec.data.dataset import PreparedData, prepare
+from polyrec.data.features import EncodedSide
+from polyrec.data.sources import load_tables
+from polyrec.data.tables import Tables, new_rows
 from polyrec.errors import DataError, RunError
 from polyrec.evaluate.evaluator import evaluate, predict_logits
+from polyrec.models.layers import FeatureTables
 from polyrec.models.network import MultiTaskModel, build_model
+from polyrec.objective import Objective
 from polyrec.rundir import RunWriter
-from polyrec.serve.bundle import (HISTORY, TEST_SPLIT, TEXT_WEIGHTS, WEIGHTS, check_bundle, load_weights,
-                                  check_model_source, read_config, read_object, read_parquet, reading,
-                                  write_json)
+from polyrec.serve.bundle import (
+    Bundle,
+    check_model_source,
+    read_bundle,
+    write_bundle,
+    write_json,
+)
 from polyrec.serve.explain import nearest_items
-from polyrec.text.inputs import TextInputs
-from polyrec.text.templates import render
+from polyrec.text.inputs import encode_text
 from polyrec.train.log import TrainLog
-from polyrec.train.objective import Objective
 from polyrec.train.trainer import TrainResult, seed_everything, train
 from polyrec.weighting import build_weighting
-
-LORA_BUFFERS = ("input_ids", "attention_mask", "whiten_mean", "whiten_projection")
 
 
 class MultiTaskRecommender:
@@ -53,7 +55,6 @@ class MultiTaskRecommender:
 
         ``log_dir``: write the training log there as training goes (see :mod:`polyrec.train.log`).
         """
-        seed_everything(self.config.train.seed, self.config.train.threads)
         data = prepare(tables if tables is not None else load_tables(self.config.data), self.config)
         return self.fit_prepared(data, log_dir=log_dir)
 
@@ -61,14 +62,22 @@ class MultiTaskRecommender:
                      log_dir: str | Path | None = None) -> MultiTaskRecommender:
         """Train on data already through :func:`~polyrec.data.dataset.prepare` (to reuse one split).
 
-        ``objective`` replaces the config's training losses (distillation adds teacher terms);
-        evaluation always uses the config's own.
+        The language model encodes the catalog's texts here, when the config has a text section
+        and ``data`` has none yet. ``objective`` replaces the config's training losses
+        (distillation adds teacher terms); evaluation always uses the config's own.
         """
         cfg = self.config
+        if cfg.text is not None and data.text is None:
+            data = data.with_text(encode_text(cfg.text, data.user_table, data.item_table, data.train_history,
+                                              cfg.train.progress))
         seed_everything(cfg.train.seed, cfg.train.threads)
         self.encoder, self.catalog, self.history = data.encoder, data.catalog, data.user_history
         self.test, self.text = data.test, data.text
-        self.model = self._build(data.users, data.items, self._lora_encoder(data.text))
+        item_encoder = None
+        if cfg.text is not None and cfg.text.mode == "lora":
+            from polyrec.text.lora import LoraItemEncoder
+            item_encoder = LoraItemEncoder.for_catalog(cfg.text, data.text.item_texts, data.text.item_whitening)
+        self.model = build_model(cfg, self.encoder, FeatureTables(data.users, data.items), item_encoder)
         labels = data.train.labels
         self.model.set_output_bias([float(np.nanmean(labels[:, t].numpy())) if task.kind == "regression" else None
                                     for t, task in enumerate(cfg.tasks)])
@@ -81,22 +90,6 @@ class MultiTaskRecommender:
             if log is not None:
                 log.close()
         return self
-
-    def _build(self, users: EncodedSide, items: EncodedSide, item_encoder=None) -> MultiTaskModel:
-        return build_model(self.config, self.encoder, users, items, item_encoder)
-
-    def _lora_encoder(self, text: TextInputs | None, state: dict | None = None):
-        spec = self.config.text
-        if spec is None or spec.mode != "lora":
-            return None
-        from polyrec.text.lora import LoraItemEncoder, tokenize
-        self._check_model_source()
-        prefix = "item_encoder."
-        if state is not None:
-            return LoraItemEncoder(spec, *(state[prefix + k] for k in LORA_BUFFERS))
-        w = text.item_whitening
-        return LoraItemEncoder(spec, *tokenize(spec, text.item_texts), torch.from_numpy(w.mean),
-                               torch.from_numpy(w.projection))
 
     def _require_model(self) -> MultiTaskModel:
         if self.model is None:
@@ -171,8 +164,7 @@ class MultiTaskRecommender:
         ids = self._new_ids(items, self.config.data.item_col, self.catalog.item_index, "item")
         side = self._encode_new(items, "item")
         if self.config.text is not None and self.config.text.item_template:
-            texts = render(self.config.text.item_template, items, "new item text")
-            side.text = torch.from_numpy(self.text.item_whitening(self._text_encoder.encode(texts)))
+            side.text, texts = self.text.new_items(items, self._text_encoder)
             if self.model.item_encoder is not None:
                 from polyrec.text.lora import tokenize
                 self.model.item_encoder.append(*tokenize(self.config.text, texts))
@@ -187,14 +179,8 @@ class MultiTaskRecommender:
         users = new_rows(users, self.config, "user")
         ids = self._new_ids(users, self.config.data.user_col, self.catalog.user_index, "user")
         side = self._encode_new(users, "user")
-        spec = self.config.text
-        if spec is not None and spec.user_template:
-            # the profile leads the user text; the history part stays zero (no history yet)
-            text = np.zeros((len(users), self.model.tables.user_text.shape[1]), np.float32)
-            profile = self.text.profile_whitening(self._text_encoder.encode(
-                render(spec.user_template, users, "new user text")))
-            text[:, :profile.shape[1]] = profile
-            side.text = torch.from_numpy(text)
+        if self.config.text is not None:
+            side.text = self.text.new_users(users, self._text_encoder)
         self.model.tables.append("user", side)
         self.catalog.add_users(ids)
         return ids
@@ -215,15 +201,12 @@ class MultiTaskRecommender:
                 frame[spec.col] = None
         return self.encoder.transform(frame.reset_index(drop=True), side)
 
-    def _check_model_source(self) -> None:
-        if self.run_dir is not None:
-            check_model_source(self.config.text.model, self.run_dir)
-
     @functools.cached_property
     def _text_encoder(self):
         from polyrec.text.encoder import TextEncoder
-        self._check_model_source()
         spec = self.config.text
+        if self.run_dir is not None:
+            check_model_source(spec.model, self.run_dir)
         return TextEncoder(spec.model, spec.cache_dir, spec.batch_size, progress=False)
 
     def _rank_by(self) -> str:
@@ -234,29 +217,17 @@ class MultiTaskRecommender:
         return self.objective.ranking_score_name(task)
 
     # ------------------------------------------------------------- persistence
-    def write_bundle(self, folder: Path) -> None:
-        """Write what serving and evaluation need (weights, config, vocabularies, catalog,
-        history, test split) into ``folder``; :meth:`save` places it safely."""
-        model = self._require_model()
-        frozen = model.frozen_keys()
-        save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in frozen}, folder / WEIGHTS)
-        if self.text is not None:
-            save_file(self.text.tensors(), folder / TEXT_WEIGHTS)
-        write_json(folder / "config.json", self.config.model_dump())
-        write_json(folder / "features.json", self.encoder.to_json())
-        write_json(folder / "catalog.json", self.catalog.to_json())
-        users = np.concatenate([np.full(len(v), u) for u, v in self.history.items()])
-        items = np.concatenate(list(self.history.values()))
-        pd.DataFrame({"user": users, "item": items}).to_parquet(folder / HISTORY)
-        if self.test is not None:
-            self.test.save(folder / TEST_SPLIT, self.objective.names)
+    def to_bundle(self) -> Bundle:
+        """What serving and evaluation need (see :mod:`polyrec.serve.bundle`)."""
+        return Bundle(self.config, self.encoder, self.catalog, self._require_model(), self.text, self.history,
+                      self.test)
 
     def save(self, path: str | Path, metrics: dict | None = None, overwrite: bool = False) -> Path:
         """Write the run directory atomically: it appears complete or not at all. An existing
         ``path`` must be an earlier polyrec run and ``overwrite`` True; nothing else is replaced."""
-        self._require_model()
+        bundle = self.to_bundle()
         with RunWriter(path, overwrite) as run:
-            self.write_bundle(run.staging)
+            write_bundle(run.staging, bundle)
             if self.result is not None:
                 TrainLog.replay(run.staging, self.objective.names, self.config.weighting.method, self.result.history,
                                 self.result.step_losses, self.result.step_weights)
@@ -268,49 +239,10 @@ class MultiTaskRecommender:
     def load(cls, path: str | Path, text_model: str | None = None) -> MultiTaskRecommender:
         """A run directory's recommender. The run's files decide nothing about where files are
         written; ``text_model`` names the language model to use (needed when the run names a
-        local path; see :func:`polyrec.serve.bundle.read_config`)."""
-        path = check_bundle(Path(path))
-        rec = cls(read_config(path, text_model))
-        rec.run_dir = path if text_model is None else None
-        with reading(path / "features.json", "polyrec feature vocabularies"):
-            rec.encoder = FeatureEncoder.from_json(read_object(path / "features.json", "polyrec feature vocabularies",
-                                                               ("specs", "vocab", "offsets", "num_embeddings")))
-        catalog = read_object(path / "catalog.json", "a polyrec catalog", ("user_ids", "item_ids", "titles"))
-        with reading(path / "catalog.json", "a polyrec catalog"):
-            rec.catalog = Catalog(catalog["user_ids"], catalog["item_ids"], catalog["titles"])
-        state = load_weights(path / WEIGHTS)
-        rec.text = None
-        if rec.config.text is not None:
-            with reading(path / TEXT_WEIGHTS, "text whitening"):
-                item_w, profile_w = TextInputs.whitenings(load_weights(path / TEXT_WEIGHTS))
-        try:
-            if rec.config.text is not None:
-                rec.text = TextInputs(state["tables.item_text"], state["tables.user_text"], item_w, profile_w, [])
-            rec.model = rec._model_from_state(state)
-        except (KeyError, RuntimeError, ValueError, IndexError) as err:
-            raise RunError(f"{path / WEIGHTS} does not match {path / 'config.json'} and features.json "
-                           f"({str(err).splitlines()[0][:300]}); were they edited? Train the run again or restore "
-                           "them") from None
-        history = read_parquet(path / HISTORY)
-        with reading(path / HISTORY, "the run's interaction history"):
-            # copied: arrays read from parquet are read-only, and torch indexes with them
-            rec.history = {int(u): g["item"].to_numpy(copy=True) for u, g in history.groupby("user")}
-        rec.test = None
-        if (path / TEST_SPLIT).exists():
-            with reading(path / TEST_SPLIT, "the run's test split"):
-                rec.test = EvalData.load(path / TEST_SPLIT, rec.objective.names)
+        local path; see :func:`polyrec.serve.bundle.check_model_source`)."""
+        bundle = read_bundle(Path(path), text_model)
+        rec = cls(bundle.config)
+        rec.encoder, rec.catalog, rec.model, rec.text = bundle.encoder, bundle.catalog, bundle.model, bundle.text
+        rec.history, rec.test = bundle.history, bundle.test
+        rec.run_dir = Path(path) if text_model is None else None
         return rec
-
-    def _model_from_state(self, state: dict) -> MultiTaskModel:
-        n_user_multi = len(self.encoder.side_specs("user", "multi"))
-        multi = [state[k] for k in sorted((k for k in state if k.startswith("tables.multi_")),
-                                          key=lambda k: int(k.rsplit("_", 1)[1]))]
-        side = lambda s, m: EncodedSide(state[f"tables.{s}_cat"], m, state[f"tables.{s}_num"],  # noqa: E731
-                                        state[f"tables.{s}_text"])
-        model = self._build(side("user", multi[:n_user_multi]), side("item", multi[n_user_multi:]),
-                            self._lora_encoder(self.text, state))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        frozen = model.frozen_keys()
-        if set(missing) - frozen or unexpected:
-            raise KeyError(f"missing {sorted(set(missing) - frozen)[:5]}, unexpected {unexpected[:5]}")
-        return model

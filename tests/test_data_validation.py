@@ -5,7 +5,9 @@ import pytest
 
 from polyrec.config import Config, ConfigError
 from polyrec.data.dataset import prepare
-from polyrec.data.tables import DataError, Tables, read_table
+from polyrec.data.sources import read_table
+from polyrec.data.tables import Tables
+from polyrec.errors import DataError
 from tests.conftest import BASE, make_config, make_tables
 
 

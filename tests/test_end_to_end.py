@@ -7,7 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from polyrec.cli import app
-from polyrec.data.tables import DataError
+from polyrec.errors import DataError
 from polyrec.recommender import MultiTaskRecommender
 from tests.conftest import BASE, make_tables
 

@@ -1,6 +1,5 @@
 """Every error clear: bad files, damaged run directories, bad requests, and what a run directory may cause."""
 import json
-import os
 import re
 from pathlib import Path
 
@@ -13,10 +12,10 @@ from typer.testing import CliRunner
 from polyrec.cli import app
 from polyrec.config import Config
 from polyrec.data.dataset import prepare
-from polyrec.data.tables import read_table
+from polyrec.data.sources import read_table
 from polyrec.errors import ConfigError, DataError, RunError
 from polyrec.recommender import MultiTaskRecommender
-from tests.conftest import BASE, make_config, make_tables
+from tests.conftest import BASE, make_tables
 from tests.test_end_to_end import _write_own_data
 
 runner = CliRunner()
@@ -80,7 +79,7 @@ def test_relative_data_paths_are_resolved_from_the_config_file(tmp_path, monkeyp
 
 
 def read_all(config):
-    from polyrec.data.tables import load_tables
+    from polyrec.data.sources import load_tables
     return load_tables(config.data)
 
 

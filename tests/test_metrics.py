@@ -4,7 +4,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
+from sklearn.metrics import (
+    log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    roc_auc_score,
+)
 
 from polyrec.evaluate import metrics as M
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from polyrec.data.dataset import prepare
-from polyrec.models.layers import GroupedLinear, GroupedMLP
+from polyrec.models.layers import FeatureTables, GroupedLinear, GroupedMLP
 from polyrec.models.network import build_model
-from polyrec.train.objective import Objective
+from polyrec.objective import Objective
 from tests.conftest import make_config, make_tables
 
 ARCHS = ["single", "sharedbottom", "mmoe", "ple"]
@@ -14,7 +14,7 @@ ARCHS = ["single", "sharedbottom", "mmoe", "ple"]
 def build(arch, **changes):
     cfg = make_config(model__arch=arch, **changes)
     data = prepare(make_tables(), cfg)
-    model = build_model(cfg, data.encoder, data.users, data.items)
+    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items))
     return cfg, data, model
 
 

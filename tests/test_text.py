@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from polyrec.data.dataset import prepare
-from polyrec.data.tables import DataError
+from polyrec.errors import DataError
+from polyrec.models.layers import FeatureTables
 from polyrec.models.network import build_model
+from polyrec.objective import Objective
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.train.objective import Objective
 from polyrec.text.encoder import TextEncoder
-from polyrec.text.inputs import Whitening
+from polyrec.text.inputs import Whitening, encode_text
+from polyrec.text.lora import LoraItemEncoder
 from polyrec.text.templates import render
 from tests.conftest import make_config, make_tables
 
@@ -61,10 +63,15 @@ def test_cold_items_never_reach_train_or_valid(config):
         i for i in data.test.interactions.item.numpy().tolist() if i in set(cold.tolist())]
 
 
+def prepare_with_text(tables, cfg):
+    data = prepare(tables, cfg)
+    return data.with_text(encode_text(cfg.text, data.user_table, data.item_table, data.train_history, False))
+
+
 def test_gradients_reach_every_text_parameter(tmp_path):
     cfg = text_config(tmp_path)
-    data = prepare(make_tables(), cfg)
-    model = build_model(cfg, data.encoder, data.users, data.items)
+    data = prepare_with_text(make_tables(), cfg)
+    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items))
     logits = model(data.train.user, data.train.item)
     Objective.from_config(cfg).losses(logits, data.train.labels).sum().backward()
     text_params = [n for n, _ in model.named_parameters() if ".text." in n]
@@ -106,8 +113,9 @@ def test_lora_fine_tunes_adapters_only_and_bundles_them(tmp_path):
     cfg = text_config(tmp_path, "text.mode=lora", "text.lora_rank=2", "train.batch_size=128")
     rec = MultiTaskRecommender(cfg)
     tables = make_tables(n_users=12, n_items=15, per_user=6)
-    data = prepare(tables, cfg)
-    before = {k: v.clone() for k, v in rec._lora_encoder(data.text).state_dict().items() if "lora_B" in k}
+    data = prepare_with_text(tables, cfg)
+    encoder = LoraItemEncoder.for_catalog(cfg.text, data.text.item_texts, data.text.item_whitening)
+    before = {k: v.clone() for k, v in encoder.state_dict().items() if "lora_B" in k}
     rec.fit_prepared(data)
     after = {k: v for k, v in rec.model.item_encoder.state_dict().items() if "lora_B" in k}
     assert before and any(not torch.equal(before[k], after[k]) for k in before)  # adapters trained

@@ -26,9 +26,9 @@ class ToyModel(nn.Module):
         self.body = nn.Linear(in_dim, hidden)
         self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(n_tasks))
 
-    def forward(self, x):
-        self.shared_representation = self.body(x)
-        return torch.cat([head(self.shared_representation) for head in self.heads], 1)
+    def forward_shared(self, x):
+        rep = self.body(x)
+        return torch.cat([head(rep) for head in self.heads], 1), rep
 
     def task_parameters(self):
         return set(self.heads.parameters())
@@ -43,11 +43,17 @@ def regression_problem(noise, scale, n=512, seed=0):
     return x, y
 
 
+def squared_errors(model, x, y):
+    """Per-task mean squared errors [T] and the shared representation they came from."""
+    out, rep = model.forward_shared(x)
+    return ((out - y) ** 2).mean(0), rep
+
+
 def fit(weighting, model, x, y, steps, lr=0.02):
     optimizer = torch.optim.Adam(list(model.parameters()) + list(weighting.parameters()), lr=lr)
     for _ in range(steps):
-        losses = ((model(x) - y) ** 2).mean(0)
-        weights = weighting.backward(losses, model)
+        losses, rep = squared_errors(model, x, y)
+        weights = weighting.backward(losses, rep, model)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return losses.detach(), weights
@@ -66,12 +72,12 @@ def test_pcgrad_writes_the_projected_sum_to_shared_parameters_only():
     torch.manual_seed(0)
     model, weighting = ToyModel(2), WEIGHTINGS["pcgrad"](regression_tasks(2))
     x, y = regression_problem([0.1, 0.1], [1.0, -1.0])
-    losses = ((model(x) - y) ** 2).mean(0)
+    losses, rep = squared_errors(model, x, y)
     shared = list(model.body.parameters())
     per_task = [torch.cat([g.flatten() for g in torch.autograd.grad(l, shared, retain_graph=True)]) for l in losses]
     head_grad = torch.autograd.grad(losses[0], model.heads[0].weight, retain_graph=True)[0]
     expected = project_conflicting(torch.stack(per_task)).sum(0)
-    weighting.backward(losses, model)
+    weighting.backward(losses, rep, model)
     assert torch.allclose(torch.cat([p.grad.flatten() for p in shared]), expected, atol=1e-6)
     assert torch.allclose(model.heads[0].weight.grad, head_grad)  # task layers: their own task's gradient
 
@@ -91,7 +97,7 @@ def test_uncertainty_gives_the_noisier_task_the_larger_variance():
 def test_uncertainty_uses_the_classification_form_for_binary_tasks():
     tasks = [TaskSpec(name="click", kind="binary"), TaskSpec(name="stars", kind="regression")]
     losses = torch.tensor([0.7, 1.2], requires_grad=True)
-    assert torch.equal(WEIGHTINGS["uncertainty"](tasks).backward(losses, None), torch.tensor([1.0, 0.5]))
+    assert torch.equal(WEIGHTINGS["uncertainty"](tasks).backward(losses, None, None), torch.tensor([1.0, 0.5]))
 
 
 def test_gradnorm_equalizes_weighted_gradient_norms():
@@ -100,8 +106,8 @@ def test_gradnorm_equalizes_weighted_gradient_norms():
     weighting = WEIGHTINGS["gradnorm"](regression_tasks(2), alpha=0.0)
     x, y = regression_problem(noise=[0.5, 5.0], scale=[1.0, 10.0])  # task 1's gradients ~10x larger
     fit(weighting, model, x, y, steps=600)
-    losses = ((model(x) - y) ** 2).mean(0)
-    norms = representation_grads(losses, model).norm(dim=1)
+    losses, rep = squared_errors(model, x, y)
+    norms = representation_grads(losses, rep).norm(dim=1)
     weighted = weighting.weights.detach() * norms
     assert weighted.max() / weighted.min() < 1.10  # within 10% of each other
     assert weighting.weights[0] > 5 * weighting.weights[1]
@@ -122,9 +128,9 @@ def test_mgda_applies_the_min_norm_weights_at_the_representation():
     torch.manual_seed(0)
     model, weighting = ToyModel(2), WEIGHTINGS["mgda_ub"](regression_tasks(2), normalize="none")
     x, y = regression_problem([0.1, 0.1], [1.0, 3.0])
-    losses = ((model(x) - y) ** 2).mean(0)
-    grads = representation_grads(losses, model)
-    weights = weighting.backward(losses, model)
+    losses, rep = squared_errors(model, x, y)
+    grads = representation_grads(losses, rep)
+    weights = weighting.backward(losses, rep, model)
     assert torch.allclose(weights, 2 * min_norm_weights(grads @ grads.T), atol=1e-5)
 
 
@@ -132,9 +138,9 @@ def test_multibalance_equalizes_representation_gradient_norms():
     torch.manual_seed(0)
     model, weighting = ToyModel(2), WEIGHTINGS["multibalance"](regression_tasks(2))
     x, y = regression_problem([0.1, 0.1], [1.0, 20.0])
-    losses = ((model(x) - y) ** 2).mean(0)
-    norms = representation_grads(losses, model).norm(dim=1)
-    weights = weighting.backward(losses, model)
+    losses, rep = squared_errors(model, x, y)
+    norms = representation_grads(losses, rep).norm(dim=1)
+    weights = weighting.backward(losses, rep, model)
     assert norms[1] > 10 * norms[0]
     assert torch.allclose(weights[0] * norms[0], weights[1] * norms[1], rtol=1e-5)
 
@@ -144,7 +150,7 @@ def test_dwa_raises_the_weight_of_the_task_whose_loss_falls_slower():
     used = []
     for window in range(3):
         for _ in range(3):  # task 0 flat, task 1 halves every window
-            used.append(weighting.backward(torch.tensor([1.0, 0.5 ** window], requires_grad=True), None))
+            used.append(weighting.backward(torch.tensor([1.0, 0.5 ** window], requires_grad=True), None, None))
     assert all(torch.equal(w, torch.ones(2)) for w in used[:6])  # equal until two windows are complete
     # then w = T·softmax(r / τ) with loss ratios r = (1, 0.5) between the last two windows
     expected = 2 * torch.softmax(torch.tensor([1.0, 0.5]) / 2.0, 0)
@@ -154,23 +160,40 @@ def test_dwa_raises_the_weight_of_the_task_whose_loss_falls_slower():
 def test_famo_moves_weight_to_the_task_that_stopped_improving():
     weighting = WEIGHTINGS["famo"](regression_tasks(2), lr=0.5)
     for step in range(20):
-        weighting.backward(torch.tensor([0.9 ** step, 1.0], requires_grad=True), None)
+        weighting.backward(torch.tensor([0.9 ** step, 1.0], requires_grad=True), None, None)
     z = torch.softmax(weighting.logits, 0)
     assert z[1] > z[0]  # task 1's loss is flat, task 0's falls: task 1 gains weight
     losses = torch.tensor([0.5, 2.0], requires_grad=True)
-    weights = weighting.backward(losses, None)
+    weights = weighting.backward(losses, None, None)
     z = torch.softmax(weighting.logits, 0)  # after this step's update
     assert torch.allclose(weights.sum(), torch.tensor(2.0))
     # the model descends Σ z_i log ℓ_i: loss weights ∝ z_i / ℓ_i
     assert torch.allclose(weights[0] / weights[1], (z[0] / 0.5) / (z[1] / 2.0), rtol=1e-5)
 
 
-def test_representation_methods_need_a_shared_body(ml100k, ml_config):
-    from polyrec.recommender import MultiTaskRecommender
-    cfg = ml_config.with_overrides(["model.arch=single", "weighting.method=mgda_ub", "text=null",
-                                    "train.max_epochs=1"])
+@pytest.mark.parametrize("method", sorted(m for m, w in WEIGHTINGS.items() if w.needs_representation))
+def test_representation_methods_need_a_shared_body_at_config_time(method):
     with pytest.raises(ConfigError, match="shares none"):
-        MultiTaskRecommender(cfg).fit(ml100k)
+        make_config(model__arch="single", weighting__method=method)
+
+
+@pytest.mark.parametrize("method", sorted(WEIGHTINGS))
+def test_every_method_honours_task_weights_or_refuses_them(method):
+    """A task weight of 3 triples that task's gradient in its own layers, or the config is refused."""
+    def head_ratio(weights):
+        torch.manual_seed(0)
+        tasks = [TaskSpec(name=f"t{i}", kind="regression", weight=w) for i, w in enumerate(weights)]
+        model, weighting = ToyModel(2), WEIGHTINGS[method](tasks)
+        x, y = regression_problem([0.1, 0.1], [1.0, 2.0])
+        losses, rep = squared_errors(model, x, y)
+        weighting.backward(losses, rep, model)
+        return model.heads[0].weight.grad.norm() / model.heads[1].weight.grad.norm()
+
+    if not WEIGHTINGS[method].honours_task_weights:
+        with pytest.raises(ConfigError, match="tasks\\[\\].weight has no meaning"):
+            make_config(weighting__method=method, **{"tasks": "[{name: click, kind: binary, weight: 3}]"})
+        return
+    assert head_ratio([3.0, 1.0]) / head_ratio([1.0, 1.0]) == pytest.approx(3.0, rel=1e-4)
 
 
 def test_unknown_method_or_option_is_a_config_error():
@@ -234,8 +257,8 @@ def test_run_directory_logs_weights_and_losses_per_step(tmp_path):
     from typer.testing import CliRunner
 
     from polyrec.cli import app
-    from tests.test_end_to_end import _write_own_data
     from tests.conftest import make_tables
+    from tests.test_end_to_end import _write_own_data
     cfg, run = _write_own_data(tmp_path, make_tables()), tmp_path / "run"
     out = CliRunner().invoke(app, ["train", "-c", str(cfg), "--set", "weighting.method=uncertainty", "-o", str(run)])
     assert out.exit_code == 0, out.output

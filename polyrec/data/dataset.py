@@ -5,7 +5,7 @@ gathers (user rows, item rows) inside the model, with no per-row Python work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,9 @@ from polyrec.config import Config, FeatureSpec
 from polyrec.data.features import EncodedSide, FeatureEncoder
 from polyrec.data.negatives import sample_negatives
 from polyrec.data.split import TEST, TRAIN, VALID, split_rows
-from polyrec.data.tables import DataError, Tables, validate
-from polyrec.text.inputs import TextInputs, encode_text
+from polyrec.data.tables import Tables, validate
+from polyrec.errors import DataError
+from polyrec.text.inputs import TextInputs
 
 SPLITS = {"train": TRAIN, "valid": VALID, "test": TEST}
 
@@ -106,8 +107,10 @@ class Catalog:
         return {"user_ids": self.user_ids, "item_ids": self.item_ids, "titles": self.titles}
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreparedData:
+    """A dataset split, sampled and encoded, ready to train on. Methods return new objects."""
+
     catalog: Catalog
     user_table: pd.DataFrame              # user and item rows in catalog order
     item_table: pd.DataFrame
@@ -115,21 +118,30 @@ class PreparedData:
     valid: EvalData
     test: EvalData
     user_history: dict[int, np.ndarray]   # train+valid interactions per user: excluded when recommending
+    train_history: dict[int, np.ndarray]  # train-period interactions per user, oldest first
     cold_items: np.ndarray                # catalog indices held out of train and valid (data.cold_items)
-    text: TextInputs | None = None        # language-model inputs, when config.text is set
-    encoder: FeatureEncoder = field(init=False)
-    users: EncodedSide = field(init=False)
-    items: EncodedSide = field(init=False)
+    encoder: FeatureEncoder | None = None  # fitted by with_features
+    users: EncodedSide | None = None
+    items: EncodedSide | None = None
+    text: TextInputs | None = None        # language-model inputs (with_text), when config.text is set
 
-    def fit_features(self, features: list[FeatureSpec]) -> None:
-        """Fit the feature vocabularies on the users and items of the training rows (an ID
-        no training row shows maps to OOV) and encode both tables, text embeddings included."""
-        self.encoder = FeatureEncoder(features).fit(self.user_table.iloc[np.unique(self.train.user.numpy())],
-                                                    self.item_table.iloc[np.unique(self.train.item.numpy())])
-        self.users = self.encoder.transform(self.user_table, "user")
-        self.items = self.encoder.transform(self.item_table, "item")
-        if self.text is not None:
-            self.users.text, self.items.text = self.text.user, self.text.item
+    def with_features(self, features: list[FeatureSpec]) -> PreparedData:
+        """Feature vocabularies fitted on the users and items of the training rows (an ID no
+        training row shows maps to OOV), and both tables encoded with them."""
+        encoder = FeatureEncoder(features).fit(self.user_table.iloc[np.unique(self.train.user.numpy())],
+                                               self.item_table.iloc[np.unique(self.train.item.numpy())])
+        data = replace(self, encoder=encoder, users=encoder.transform(self.user_table, "user"),
+                       items=encoder.transform(self.item_table, "item"))
+        return data.with_text(self.text) if self.text is not None else data
+
+    def with_text(self, text: TextInputs) -> PreparedData:
+        """The language model's inputs joined to the encoded tables."""
+        return replace(self, text=text, users=replace(self.users, text=text.user),
+                       items=replace(self.items, text=text.item))
+
+    def with_train(self, train: Samples) -> PreparedData:
+        """Other training rows (e.g. with teacher-labelled pairs), vocabularies refitted on them."""
+        return replace(self, train=train).with_features(self.encoder.specs)
 
 
 def _id_order(ids: pd.Series) -> np.ndarray:
@@ -140,6 +152,8 @@ def _id_order(ids: pd.Series) -> np.ndarray:
 
 
 def prepare(tables: Tables, config: Config) -> PreparedData:
+    """Validate, split (seeded by ``data.seed``), sample negatives and encode features; no
+    language-model work (see :func:`polyrec.text.inputs.encode_text`). ``tables`` is not changed."""
     tables = validate(tables, config)
     spec, tasks = config.data, config.tasks
     users = tables.users.iloc[_id_order(tables.users[spec.user_col])].reset_index(drop=True)
@@ -152,9 +166,9 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     item = inter[spec.item_col].map(catalog.item_index).to_numpy(np.int64)
     time = inter[spec.time_col].to_numpy() if spec.time_col in inter else None
     labels = np.stack([inter[t.col].to_numpy(np.float32) for t in tasks], 1)
-    split = split_rows(user, item, time, spec.split, config.train.seed)
+    split = split_rows(user, item, time, spec.split, spec.seed)
     interacted = np.unique(user * len(catalog.item_ids) + item)
-    cold_items = np.sort(np.random.default_rng(config.train.seed).choice(
+    cold_items = np.sort(np.random.default_rng(spec.seed).choice(
         len(catalog.item_ids), int(round(spec.cold_items * len(catalog.item_ids))), replace=False))
     held_out = np.isin(item, cold_items) & (split != TEST)
     user, item, time, labels, split = (a[~held_out] if a is not None else None
@@ -168,7 +182,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     cold_pairs = (np.arange(len(catalog.user_ids))[:, None] * len(catalog.item_ids) + cold_items).ravel()
     with_cold = np.union1d(interacted, cold_pairs)
     excluded = {TRAIN: with_cold, VALID: with_cold, TEST: interacted}
-    rng = np.random.default_rng(config.train.seed)
+    rng = np.random.default_rng(spec.seed)
     neg_labels = np.full(len(tasks), np.nan, np.float32)
     for t, task in enumerate(tasks):
         neg_labels[t] = spec.negatives.labels.get(task.col, np.nan)
@@ -194,14 +208,9 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
                         torch.from_numpy(user[earlier]), torch.from_numpy(item[earlier]))
 
     valid, test = eval_of(VALID), eval_of(TEST)
-    history = _items_by_user(user, item, time, split <= VALID)
-    text = None
-    if config.text is not None:
-        text = encode_text(config.text, users, items, _items_by_user(user, item, time, split == TRAIN),
-                           config.train.progress)
-    data = PreparedData(catalog, users, items, train, valid, test, history, cold_items, text)
-    data.fit_features(config.features)
-    return data
+    data = PreparedData(catalog, users, items, train, valid, test, _items_by_user(user, item, time, split <= VALID),
+                        _items_by_user(user, item, time, split == TRAIN), cold_items)
+    return data.with_features(config.features)
 
 
 def _items_by_user(user: np.ndarray, item: np.ndarray, time: np.ndarray | None,

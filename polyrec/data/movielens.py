@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from polyrec.data.tables import DataError, Tables
+from polyrec.data.tables import Tables
+from polyrec.errors import DataError
 
 OFFICIAL_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 OFFICIAL_MD5 = "0e33842e24a9c977be4e0107933c0723"

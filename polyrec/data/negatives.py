@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from polyrec.data.tables import DataError
+from polyrec.errors import DataError
 
 
 def sample_negatives(user: np.ndarray, per_row: int, interacted_keys: np.ndarray, n_items: int,

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from polyrec.config import Config, DistillSpec, read_yaml
-from polyrec.errors import ConfigError
 from polyrec.data.dataset import PreparedData, Samples, prepare
-from polyrec.data.tables import Tables, load_tables
-from polyrec.errors import DataError
+from polyrec.data.sources import load_tables
+from polyrec.data.tables import Tables
 from polyrec.distill.objective import DistillObjective, ranking_log_score
+from polyrec.errors import ConfigError, DataError
 from polyrec.evaluate.evaluator import predict_logits
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.train.trainer import seed_everything
@@ -33,8 +33,7 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     check_compatible(teacher, config)
     spec = config.distill or DistillSpec()
     seed_everything(config.train.seed, config.train.threads)
-    data = prepare(tables if tables is not None else load_tables(config.data),
-                   config.model_copy(update={"text": None}))
+    data = prepare(tables if tables is not None else load_tables(config.data), config)
     if data.catalog.user_ids != teacher.catalog.user_ids or data.catalog.item_ids != teacher.catalog.item_ids:
         raise DataError("the student's data does not have the teacher's users and items: distill from the "
                         "tables the teacher was trained on")
@@ -42,9 +41,10 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     new_items = torch.zeros_like(unseen)
     new_items[:, torch.from_numpy(data.cold_items)] = True
     train = with_unlabeled_pairs(data.train, unseen, spec.unlabeled_per_user, config.train.seed)
-    data.train = with_unlabeled_pairs(train, new_items, spec.new_items_per_user, config.train.seed + 1)
-    data.text = teacher.text if config.text is not None else None
-    data.fit_features(config.features)   # the vocabulary now covers the new items of the unlabeled pairs
+    train = with_unlabeled_pairs(train, new_items, spec.new_items_per_user, config.train.seed + 1)
+    data = data.with_train(train)   # the vocabulary now covers the new items of the unlabeled pairs
+    if config.text is not None:
+        data = data.with_text(teacher.text)
     student = MultiTaskRecommender(config)
     rank_task = student.objective.names.index(config.eval.rank_by or
                                               next(t.name for t in config.tasks if t.kind == "binary"))
@@ -74,8 +74,8 @@ def check_compatible(teacher: MultiTaskRecommender, config: Config) -> None:
     tasks = lambda c: [(t.name, t.kind, t.depends_on) for t in c.tasks]  # noqa: E731
     if tasks(config) != tasks(teacher.config):
         raise ConfigError(f"the student's tasks {tasks(config)} differ from the teacher's {tasks(teacher.config)}")
-    if config.data != teacher.config.data or config.train.seed != teacher.config.train.seed:
-        raise ConfigError("the student needs the teacher's data section and train.seed (they fix the split); "
+    if config.data != teacher.config.data:
+        raise ConfigError("the student needs the teacher's data section (with data.seed, it fixes the split); "
                           "otherwise the teacher would have trained on the student's test rows")
     hidden = config.distill is not None and config.distill.hidden_weight
     if hidden and "single" in (config.model.arch, teacher.config.model.arch):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from polyrec.config import DistillSpec
-from polyrec.train.objective import Objective
+from polyrec.objective import Objective
 
 
 def soft_label_losses(student: torch.Tensor, teacher: torch.Tensor, binary: torch.Tensor,
@@ -65,21 +65,21 @@ class DistillObjective(Objective):
 
     def batch_losses(self, model, data, idx):
         spec = self.spec
-        logits = model(data.user[idx], data.item[idx])
+        logits, shared = model.forward_shared(data.user[idx], data.item[idx])
         soft = soft_label_losses(logits, self.teacher_logits[idx], self.binary, spec.temperature)
         losses = (1 - spec.soft_weight) * self.losses(logits, data.labels[idx]) + spec.soft_weight * soft
         if spec.hidden_weight:
             with torch.no_grad():
                 self.teacher.eval()
-                self.teacher(data.user[idx], data.item[idx])
-            hidden = similarity_loss(model.shared_representation, self.teacher.shared_representation)
+                _, teacher_shared = self.teacher.forward_shared(data.user[idx], data.item[idx])
+            hidden = similarity_loss(shared, teacher_shared)
             losses = losses + spec.hidden_weight * hidden / len(losses)   # shared by the tasks equally
         if spec.ranking_weight:
             users = torch.randint(len(self.candidates), (spec.ranking_users,), generator=self.generator)
             items = self.candidates[users]                                              # [U, C]
-            logits = model(users[:, None].expand_as(items).flatten(), items.flatten())
+            logits = model(users[:, None].expand_as(items).flatten(), items.flatten())   # shared of this pass unused
             scores = ranking_log_score(logits, self.rank_task, self.parent[self.rank_task])
             loss = listwise_loss if spec.ranking_loss == "listwise" else pairwise_loss
             ranking = loss(scores.view(items.shape), self.candidate_scores[users])
             losses = losses + spec.ranking_weight * F.one_hot(torch.tensor(self.rank_task), len(losses)) * ranking
-        return losses
+        return losses, shared

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from polyrec.data.dataset import EvalData, Samples
 from polyrec.evaluate import metrics as M
-from polyrec.train.objective import Objective
+from polyrec.objective import Objective
 
 
 @torch.no_grad()

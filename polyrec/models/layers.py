@@ -87,6 +87,15 @@ class FeatureTables(nn.Module):
             pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD)  # noqa: E731
             setattr(self, f"multi_{first + k}", torch.cat([pad(old), pad(new)]))
 
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], n_user_multi: int, prefix: str = "tables.") -> FeatureTables:
+        """The tables a saved model's state holds (their own buffers), before its weights are loaded."""
+        n_multi = sum(key.startswith(f"{prefix}multi_") for key in state)
+        multi = [state[f"{prefix}multi_{k}"] for k in range(n_multi)]
+        side = lambda s, m: EncodedSide(state[f"{prefix}{s}_cat"], m, state[f"{prefix}{s}_num"],  # noqa: E731
+                                        state[f"{prefix}{s}_text"])
+        return cls(side("user", multi[:n_user_multi]), side("item", multi[n_user_multi:]))
+
     @property
     def multi(self) -> list[torch.Tensor]:
         return [getattr(self, f"multi_{k}") for k in range(self.n_multi)]

@@ -14,7 +14,7 @@ class MMoE(nn.Module):
         self.out_dim = self.experts.out_dim
 
     def forward(self, x):
+        # x [B, D] -> per-task representations [B, T, H] and the shared one every task reads [B, E, H]
         experts = self.experts(x)                  # [B, E, H]
-        self.shared = experts                      # what every task reads (representation-level weighting)
         gates = torch.softmax(self.gates(x), -1)   # [B, T, E]
-        return torch.bmm(gates, experts)           # [B, T, H]
+        return torch.bmm(gates, experts), experts

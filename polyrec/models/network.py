@@ -4,15 +4,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polyrec.config import ConfigError, ModelSpec, TextSpec
-from polyrec.models.layers import FeatureEmbedding, FeatureTables, GroupedLinear, GroupedMLP
+from polyrec.config import ModelSpec, TextSpec
+from polyrec.models.layers import (
+    FeatureEmbedding,
+    FeatureTables,
+    GroupedLinear,
+    GroupedMLP,
+)
 from polyrec.models.mmoe import MMoE
 from polyrec.models.ple import PLE
 from polyrec.models.sharedbottom import SharedBottom
 from polyrec.models.text import TextBlock
 
-# An architecture maps [B, D] inputs to [B, T, H] per-task representations and keeps, as
-# ``shared``, the last tensor of its forward pass that every task reads.
+# An architecture maps [B, D] inputs to [B, T, H] per-task representations, and returns with
+# them the shared representation every task reads (for weighting and distillation).
 ARCHITECTURES = {"sharedbottom": SharedBottom, "mmoe": MMoE, "ple": PLE}
 
 
@@ -20,10 +25,10 @@ class TaskNetwork(nn.Module):
     """Embeddings (and text), a shared body and one tower per task: features → logits [B, T]."""
 
     def __init__(self, num_embeddings: int, counts: tuple[int, int, int], n_tasks: int, spec: ModelSpec,
-                 arch: str, text: TextSpec | None = None, text_dim: int = 0):
+                 arch: str, text: TextSpec | None = None):
         super().__init__()
         self.embedding = FeatureEmbedding(num_embeddings, spec.embed_dim, counts)
-        self.text = TextBlock(text, text_dim) if text is not None else None
+        self.text = TextBlock(text) if text is not None else None
         in_dim = self.embedding.out_dim + (self.text.out_dim if self.text is not None else 0)
         self.body = ARCHITECTURES[arch](in_dim, n_tasks, spec)
         self.towers = GroupedMLP(self.body.out_dim, spec.tower_dims, n_tasks, spec.dropout)
@@ -33,7 +38,8 @@ class TaskNetwork(nn.Module):
         x = self.embedding(cat, multi, num)              # [B, D]
         if self.text is not None:
             x = torch.cat([x, self.text(item_text, user_text)], 1)
-        return self.heads(self.towers(self.body(x))).squeeze(-1)  # [B, T]
+        per_task, shared = self.body(x)                  # [B, T, H], [B, S, H]
+        return self.heads(self.towers(per_task)).squeeze(-1), shared  # [B, T]
 
 
 class MultiTaskModel(nn.Module):
@@ -55,15 +61,19 @@ class MultiTaskModel(nn.Module):
         self.oov_dropout = list(oov_dropout)
         self.item_encoder = item_encoder
         counts = tables.in_counts
-        text_dim = tables.item_text.shape[1] or tables.user_text.shape[1]
         if spec.arch == "single":
-            self.nets = nn.ModuleList(TaskNetwork(num_embeddings, counts, 1, spec, "sharedbottom", text, text_dim)
+            self.nets = nn.ModuleList(TaskNetwork(num_embeddings, counts, 1, spec, "sharedbottom", text)
                                       for _ in range(n_tasks))
         else:
-            self.nets = nn.ModuleList([TaskNetwork(num_embeddings, counts, n_tasks, spec, spec.arch, text,
-                                                   text_dim)])
+            self.nets = nn.ModuleList([TaskNetwork(num_embeddings, counts, n_tasks, spec, spec.arch, text)])
 
     def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """Logits (binary tasks) or values (regression) [B, T]."""
+        return self.forward_shared(user, item)[0]
+
+    def forward_shared(self, user: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Outputs [B, T] and the shared representation they were computed from (None for
+        ``single``, which shares nothing): what representation-level weighting balances."""
         cat, multi, num, item_text, user_text = self.tables(user, item)
         if self.training and self.oov_dropout:
             cat = cat.clone()
@@ -72,16 +82,8 @@ class MultiTaskModel(nn.Module):
                 cat[drop, column] = oov
         if self.item_encoder is not None:
             item_text = self.item_encoder(item)
-        return torch.cat([net(cat, multi, num, item_text, user_text) for net in self.nets], 1)
-
-    @property
-    def shared_representation(self) -> torch.Tensor:
-        """The shared body's output from the last training forward pass, for weighting methods
-        that balance task gradients at the representation instead of at the shared parameters."""
-        if len(self.nets) > 1:
-            raise ConfigError("this weighting method balances task gradients at the shared representation, "
-                              "and model.arch 'single' shares none: use sharedbottom, mmoe or ple")
-        return self.nets[0].body.shared
+        outputs = [net(cat, multi, num, item_text, user_text) for net in self.nets]
+        return torch.cat([logits for logits, _ in outputs], 1), outputs[0][1] if len(outputs) == 1 else None
 
     def task_parameters(self) -> set[nn.Parameter]:
         """Parameters that belong to one task only (towers and output heads); the rest are shared."""
@@ -114,7 +116,7 @@ class MultiTaskModel(nn.Module):
         return self.n_parameters() + text
 
 
-def build_model(config, encoder, users, items, item_encoder: nn.Module | None = None) -> MultiTaskModel:
+def build_model(config, encoder, tables: FeatureTables, item_encoder: nn.Module | None = None) -> MultiTaskModel:
     """The model a config describes, over encoded user and item tables."""
-    return MultiTaskModel(FeatureTables(users, items), encoder.num_embeddings, len(config.tasks), config.model,
-                          config.text, encoder.oov_slots(config.model.oov_dropout), item_encoder)
+    return MultiTaskModel(tables, encoder.num_embeddings, len(config.tasks), config.model, config.text,
+                          encoder.oov_slots(config.model.oov_dropout), item_encoder)

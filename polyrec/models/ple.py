@@ -27,15 +27,15 @@ class CGCLevel(nn.Module):
         self.n_experts, self.out_dim = n_experts, self.experts.out_dim
 
     def forward(self, x):
-        # x: [B, D] at the first level, else [B, T+1, D] (one input per task, then the shared one)
+        # x: [B, D] at the first level, else [B, T+1, D] (one input per task, then the shared one);
+        # returns [B, T(+1), H] and the level's experts [B, n_experts, H]
         if x.dim() == 2:
             experts, gate_in = self.experts(x), [x] * len(self.gates)
         else:
             experts, gate_in = self.experts(x[:, self.expert_input]), x.unbind(1)
-        self.shared = experts  # [B, n_experts, H]
         weights = [torch.zeros(x.shape[0], self.n_experts, device=x.device).index_copy(
             1, idx.to(x.device), torch.softmax(gate(inp), -1)) for gate, inp, idx in zip(self.gates, gate_in, self.allowed)]
-        return torch.bmm(torch.stack(weights, 1), experts)  # [B, T(+1), H]
+        return torch.bmm(torch.stack(weights, 1), experts), experts
 
 
 class PLE(nn.Module):
@@ -48,12 +48,8 @@ class PLE(nn.Module):
         self.out_dim = in_dim
 
     def forward(self, x):
+        # -> [B, T, H], and as the shared representation the top level's experts: each task reads
+        # its own and the shared ones (a task's gradient to another task's experts is zero)
         for level in self.levels:
-            x = level(x)
-        return x  # [B, T, H]
-
-    @property
-    def shared(self):
-        # the top level's experts: each task reads its own and the shared ones (gradients
-        # from a task to another task's experts are zero), right below the task gates
-        return self.levels[-1].shared
+            x, experts = level(x)
+        return x, experts

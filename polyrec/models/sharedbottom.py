@@ -12,6 +12,6 @@ class SharedBottom(nn.Module):
         self.n_tasks, self.out_dim = n_tasks, self.bottom.out_dim
 
     def forward(self, x):
-        # x: [B, D] -> [B, T, H], the same representation for every task
-        self.shared = self.bottom(x)  # [B, 1, H]
-        return self.shared.expand(-1, self.n_tasks, -1)
+        # x: [B, D] -> [B, T, H], the same representation for every task, and that shared one [B, 1, H]
+        shared = self.bottom(x)
+        return shared.expand(-1, self.n_tasks, -1), shared

@@ -7,6 +7,7 @@ from torch import nn
 
 from polyrec.config import TextSpec
 from polyrec.models.layers import GroupedLinear
+from polyrec.text.inputs import UserTextLayout
 
 
 class TextAdaptor(nn.Module):
@@ -35,27 +36,27 @@ class TextBlock(nn.Module):
     the two alone cannot express that to the layers above.
     """
 
-    def __init__(self, spec: TextSpec, text_dim: int):
+    def __init__(self, spec: TextSpec):
         super().__init__()
-        self.text_dim = text_dim
-        self.has_item, self.has_profile = bool(spec.item_template), bool(spec.user_template)
-        self.has_history = spec.user_history > 0
-        make = lambda: TextAdaptor(text_dim, spec.dim, spec.adaptor_experts)  # noqa: E731
+        self.layout = UserTextLayout.of(spec)
+        self.has_item, self.has_profile = bool(spec.item_template), "profile" in self.layout.parts
+        self.has_history = "history" in self.layout.parts
+        make = lambda: TextAdaptor(spec.whiten_dim, spec.dim, spec.adaptor_experts)  # noqa: E731
         self.item_adaptor = make() if self.has_item else None
         self.profile_adaptor = make() if self.has_profile else None
         pair = self.has_item and self.has_history
         self.out_dim = spec.dim * (self.has_item + self.has_profile + self.has_history + pair) + pair
 
     def forward(self, item_text: torch.Tensor, user_text: torch.Tensor) -> torch.Tensor:
-        # item_text [B, E] (or [B, 0]); user_text [B, E·(has_profile + has_history)]: profile first
+        # item_text [B, E] (or [B, 0]); user_text [B, layout.dim]
         parts = []
         if self.has_item:
             item = self.item_adaptor(item_text)
             parts.append(item)
         if self.has_profile:
-            parts.append(self.profile_adaptor(user_text[:, :self.text_dim]))
+            parts.append(self.profile_adaptor(self.layout.part(user_text, "profile")))
         if self.has_history:
-            raw_history = user_text[:, -self.text_dim:]
+            raw_history = self.layout.part(user_text, "history")
             history = self.item_adaptor(raw_history)
             parts += [history, item * history, F.cosine_similarity(item_text, raw_history, eps=1e-6).unsqueeze(1)]
         return torch.cat(parts, 1)

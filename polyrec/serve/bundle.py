@@ -1,35 +1,122 @@
-"""Run-directory bundle: reading its files back, with an error that names the file for each fault.
+"""The run-directory bundle: everything serving and evaluation need, written and read back.
 
-Layout (written by :meth:`MultiTaskRecommender.write_bundle`, placed by :mod:`polyrec.rundir`):
-``model.safetensors``, ``config.json``, ``features.json`` (vocabularies and statistics),
-``catalog.json`` (ids, titles), ``history.parquet`` (interactions excluded when
-recommending), ``eval/test/*.parquet`` (what ``evaluate`` rescores), ``metrics.json``,
-``train_log.jsonl``; with text, ``text.safetensors`` (whitening of new texts). Nothing is pickled.
+Layout: ``model.safetensors`` (weights and encoded feature tables), ``config.json``,
+``features.json`` (vocabularies and statistics), ``catalog.json`` (ids, titles),
+``history.parquet`` (interactions excluded when recommending), ``eval/test/*.parquet`` (what
+``evaluate`` rescores); with text, ``text.safetensors`` (the whitening new texts go through).
+Nothing is pickled. Where the folder goes and what else it holds (logs, metrics) is
+:mod:`polyrec.rundir`'s and the pipeline's business.
 
-A run directory is data, not instructions: settings in its ``config.json`` that choose where
-files are written (cache folders) are replaced by the current process's own, and a language
-model given there as a local path is loaded only when the caller names it too.
+Reading names the file for every fault. A run directory is data, not instructions: settings in
+its ``config.json`` that choose where files are written (cache folders) are replaced by the
+current process's own, and a language model it names by a local path is loaded only when the
+caller names it too.
 """
 from __future__ import annotations
 
 import json
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 from pydantic import ValidationError
+from safetensors.torch import save_file
 
 from polyrec.config import Config
+from polyrec.data.dataset import Catalog, EvalData
+from polyrec.data.features import FeatureEncoder
 from polyrec.errors import RunError
+from polyrec.models.layers import FeatureTables
+from polyrec.models.network import MultiTaskModel, build_model
 from polyrec.rundir import CORE_FILES
 from polyrec.text.encoder import is_bundled
+from polyrec.text.inputs import TextInputs
 
 WEIGHTS = "model.safetensors"
 TEXT_WEIGHTS = "text.safetensors"
 HISTORY = "history.parquet"
 TEST_SPLIT = Path("eval") / "test"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class Bundle:
+    config: Config
+    encoder: FeatureEncoder
+    catalog: Catalog
+    model: MultiTaskModel
+    text: TextInputs | None
+    history: dict[int, np.ndarray]   # train+valid items per user (catalog indices)
+    test: EvalData | None            # None when a run directory has lost its eval/ folder
+
+
+def write_bundle(folder: Path, bundle: Bundle) -> None:
+    model = bundle.model
+    frozen = model.frozen_keys()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k not in frozen}, folder / WEIGHTS)
+    if bundle.text is not None:
+        save_file(bundle.text.tensors(), folder / TEXT_WEIGHTS)
+    write_json(folder / "config.json", bundle.config.model_dump())
+    write_json(folder / "features.json", bundle.encoder.to_json())
+    write_json(folder / "catalog.json", bundle.catalog.to_json())
+    users = np.concatenate([np.full(len(v), u) for u, v in bundle.history.items()])
+    items = np.concatenate(list(bundle.history.values()))
+    pd.DataFrame({"user": users, "item": items}).to_parquet(folder / HISTORY)
+    if bundle.test is not None:
+        bundle.test.save(folder / TEST_SPLIT, [t.name for t in bundle.config.tasks])
+
+
+def read_bundle(path: Path, text_model: str | None = None) -> Bundle:
+    """The bundle in run directory ``path``; ``text_model`` replaces the language model it names."""
+    path = check_bundle(Path(path))
+    config = read_config(path, text_model)
+    with reading(path / "features.json", "polyrec feature vocabularies"):
+        encoder = FeatureEncoder.from_json(read_object(path / "features.json", "polyrec feature vocabularies",
+                                                       ("specs", "vocab", "offsets", "num_embeddings")))
+    raw = read_object(path / "catalog.json", "a polyrec catalog", ("user_ids", "item_ids", "titles"))
+    with reading(path / "catalog.json", "a polyrec catalog"):
+        catalog = Catalog(raw["user_ids"], raw["item_ids"], raw["titles"])
+    state = load_weights(path / WEIGHTS)
+    whitening = None
+    if config.text is not None:
+        whitening = load_weights(path / TEXT_WEIGHTS)
+        if config.text.mode == "lora" and text_model is None:
+            check_model_source(config.text.model, path)
+    try:
+        text = None if whitening is None else TextInputs.restore(config.text, whitening, state["tables.item_text"],
+                                                                 state["tables.user_text"])
+        model = _model(config, encoder, state)
+    except (KeyError, RuntimeError, ValueError, IndexError) as err:
+        raise RunError(f"{path / WEIGHTS} does not match {path / 'config.json'} and features.json "
+                       f"({str(err).splitlines()[0][:300]}); were they edited? Train the run again or restore "
+                       "them") from None
+    history = read_parquet(path / HISTORY)
+    with reading(path / HISTORY, "the run's interaction history"):
+        # copied: arrays read from parquet are read-only, and torch indexes with them
+        history = {int(u): g["item"].to_numpy(copy=True) for u, g in history.groupby("user")}
+    test = None
+    if (path / TEST_SPLIT).exists():
+        with reading(path / TEST_SPLIT, "the run's test split"):
+            test = EvalData.load(path / TEST_SPLIT, [t.name for t in config.tasks])
+    return Bundle(config, encoder, catalog, model, text, history, test)
+
+
+def _model(config: Config, encoder: FeatureEncoder, state: dict[str, torch.Tensor]) -> MultiTaskModel:
+    tables = FeatureTables.from_state(state, len(encoder.side_specs("user", "multi")))
+    item_encoder = None
+    if config.text is not None and config.text.mode == "lora":
+        from polyrec.text.lora import LoraItemEncoder
+        item_encoder = LoraItemEncoder.from_state(config.text, state)
+    model = build_model(config, encoder, tables, item_encoder)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = model.frozen_keys()
+    if set(missing) - frozen or unexpected:
+        raise KeyError(f"missing {sorted(set(missing) - frozen)[:5]}, unexpected {unexpected[:5]}")
+    return model
 
 
 def write_json(path: Path, data) -> None:
@@ -78,7 +165,6 @@ def read_parquet(path: Path) -> pd.DataFrame:
 
 
 def check_bundle(path: Path) -> Path:
-    path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path} is not a folder; give a run directory written by `polyrec train`")
     missing = [n for n in (*CORE_FILES, HISTORY) if not (path / n).exists()]

@@ -3,6 +3,8 @@
 Sentence embeddings are whitened (centred, rotated onto their principal axes, scaled to
 unit variance, cut to ``whiten_dim``): anisotropic raw embeddings make every pair look
 alike, and the smaller width keeps the per-row adaptor cheap (BERT-whitening, Su et al. 2021).
+Every whitened vector is exactly ``whiten_dim`` wide (zero beyond the data's rank), so the
+parts of a user's text vector always line up (:class:`UserTextLayout`).
 """
 from __future__ import annotations
 
@@ -20,29 +22,79 @@ from polyrec.text.templates import render
 @dataclass
 class Whitening:
     mean: np.ndarray        # [E]
-    projection: np.ndarray  # [E, k]
+    projection: np.ndarray  # [E, dim]
 
     @classmethod
     def fit(cls, x: np.ndarray, dim: int) -> Whitening:
+        """Whitening to ``dim`` columns; beyond the rank of ``x`` (e.g. few distinct profiles) they are zero."""
         mean = x.mean(0)
         _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-        k = min(dim, int((s > 1e-6 * s[0]).sum()))
-        scale = s[:k] / np.sqrt(max(len(x) - 1, 1))
-        return cls(mean.astype(np.float32), np.ascontiguousarray(vt[:k].T / scale, dtype=np.float32))
+        k = min(dim, int((s > 1e-6 * s[0]).sum()) if len(s) and s[0] > 0 else 0)
+        projection = np.zeros((x.shape[1], dim), np.float32)
+        projection[:, :k] = vt[:k].T / (s[:k] / np.sqrt(max(len(x) - 1, 1)))
+        return cls(mean.astype(np.float32), projection)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) @ self.projection).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class UserTextLayout:
+    """The parts of a user's text vector, in order, each ``width`` columns: ``profile`` (the
+    user template's embedding) and ``history`` (mean embedding of the user's last items)."""
+
+    parts: tuple[str, ...]
+    width: int
+
+    @classmethod
+    def of(cls, spec: TextSpec) -> UserTextLayout:
+        parts = (("profile",) if spec.user_template else ()) + (("history",) if spec.user_history else ())
+        return cls(parts, spec.whiten_dim)
+
+    @property
+    def dim(self) -> int:
+        return len(self.parts) * self.width
+
+    def part(self, user_text: torch.Tensor, name: str) -> torch.Tensor:
+        start = self.parts.index(name) * self.width
+        return user_text[..., start:start + self.width]
+
+    def assemble(self, n_users: int, **parts: np.ndarray) -> np.ndarray:
+        """[n_users, dim] with the given parts in place and zeros for the others (e.g. no history yet)."""
+        out = np.zeros((n_users, self.dim), np.float32)
+        for name, values in parts.items():
+            start = self.parts.index(name) * self.width
+            out[:, start:start + self.width] = values
+        return out
 
 
 @dataclass
 class TextInputs:
     """Whitened text of the catalog plus what is needed to encode new items and users alike."""
 
-    item: torch.Tensor                  # [n_items, k] or [n_items, 0]
-    user: torch.Tensor                  # [n_users, k·(profile + history)]
+    spec: TextSpec
+    item: torch.Tensor                  # [n_items, whiten_dim] or [n_items, 0]
+    user: torch.Tensor                  # [n_users, layout.dim]
     item_whitening: Whitening | None
     profile_whitening: Whitening | None
     item_texts: list[str]               # rendered item templates (LoRA tokenizes them)
+
+    @property
+    def layout(self) -> UserTextLayout:
+        return UserTextLayout.of(self.spec)
+
+    def new_items(self, items: pd.DataFrame, encoder: TextEncoder) -> tuple[torch.Tensor, list[str]]:
+        """Whitened text [n, whiten_dim] of new items (cold start) and their rendered texts."""
+        texts = render(self.spec.item_template, items, "new item text")
+        return torch.from_numpy(self.item_whitening(encoder.encode(texts))), texts
+
+    def new_users(self, users: pd.DataFrame, encoder: TextEncoder) -> torch.Tensor:
+        """User text [n, layout.dim] of new users: their profile, and no history yet."""
+        profile = {}
+        if self.spec.user_template:
+            profile["profile"] = self.profile_whitening(encoder.encode(render(self.spec.user_template, users,
+                                                                              "new user text")))
+        return torch.from_numpy(self.layout.assemble(len(users), **profile))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -52,20 +104,22 @@ class TextInputs:
                     w.projection)
         return out
 
-    @staticmethod
-    def whitenings(tensors: dict[str, torch.Tensor]) -> tuple[Whitening | None, Whitening | None]:
+    @classmethod
+    def restore(cls, spec: TextSpec, tensors: dict[str, torch.Tensor], item: torch.Tensor,
+                user: torch.Tensor) -> TextInputs:
+        """From :meth:`tensors` and the catalog's text embeddings (as a model's tables hold them)."""
         get = lambda n: Whitening(tensors[f"{n}.mean"].numpy(), tensors[f"{n}.projection"].numpy()) \
             if f"{n}.mean" in tensors else None  # noqa: E731
-        return get("item"), get("profile")
+        return cls(spec, item, user, get("item"), get("profile"), [])
 
 
 def encode_text(spec: TextSpec, users: pd.DataFrame, items: pd.DataFrame, sequences: dict[int, np.ndarray],
                 progress: bool = True) -> TextInputs:
     """Text inputs in catalog order; whitening is fitted on these catalog rows.
 
-    User text is the profile embedding (``user_template``) followed by the mean embedding
-    of the user's last ``user_history`` items in ``sequences`` (oldest first); a user with
-    no history gets zeros there.
+    User text follows :class:`UserTextLayout`: the profile embedding (``user_template``), then
+    the mean embedding of the user's last ``user_history`` items in ``sequences`` (oldest first);
+    a user with no history gets zeros there.
     """
     encoder = TextEncoder(spec.model, spec.cache_dir, spec.batch_size, progress)
     item_w = profile_w = None
@@ -75,17 +129,16 @@ def encode_text(spec: TextSpec, users: pd.DataFrame, items: pd.DataFrame, sequen
         raw_items = encoder.encode(texts)
         item_w = Whitening.fit(raw_items, spec.whiten_dim)
         item_text = item_w(raw_items)
-    parts = []
+    parts = {}
     if spec.user_template:
         raw_profiles = encoder.encode(render(spec.user_template, users, "text.user_template"))
         profile_w = Whitening.fit(raw_profiles, spec.whiten_dim)
-        parts.append(profile_w(raw_profiles))
+        parts["profile"] = profile_w(raw_profiles)
     if spec.user_history:
         histories = [sequences.get(u, np.zeros(0, np.int64)) for u in range(len(users))]
-        parts.append(history_text(raw_items, histories, spec.user_history, item_w))
-    user_text = np.concatenate(parts, 1) if parts else np.zeros((len(users), 0), np.float32)
-    return TextInputs(torch.from_numpy(item_text), torch.from_numpy(np.ascontiguousarray(user_text)), item_w,
-                      profile_w, texts)
+        parts["history"] = history_text(raw_items, histories, spec.user_history, item_w)
+    user_text = UserTextLayout.of(spec).assemble(len(users), **parts)
+    return TextInputs(spec, torch.from_numpy(item_text), torch.from_numpy(user_text), item_w, profile_w, texts)
 
 
 def history_text(raw_items: np.ndarray, histories: list[np.ndarray], last: int, whitening: Whitening) -> np.ndarray:

@@ -43,6 +43,17 @@ class LoraItemEncoder(nn.Module):
         self.batch_size = batch_size
         self._catalog: torch.Tensor | None = None
 
+    @classmethod
+    def for_catalog(cls, spec: TextSpec, texts: list[str], whitening) -> LoraItemEncoder:
+        """An encoder over the catalog's rendered ``texts``, with the catalog's text whitening."""
+        return cls(spec, *tokenize(spec, texts), torch.from_numpy(whitening.mean), torch.from_numpy(whitening.projection))
+
+    @classmethod
+    def from_state(cls, spec: TextSpec, state: dict[str, torch.Tensor], prefix: str = "item_encoder.") -> LoraItemEncoder:
+        """A saved encoder's tokens and whitening (its adapters load with the model's weights)."""
+        return cls(spec, *(state[prefix + key] for key in ("input_ids", "attention_mask", "whiten_mean",
+                                                           "whiten_projection")))
+
     def frozen_keys(self, prefix: str) -> set[str]:
         return {prefix + name for name, p in self.named_parameters() if not p.requires_grad}
 

@@ -17,7 +17,9 @@ import numpy as np
 
 class TrainLog:
     def __init__(self, folder: str | Path, tasks: list[str], method: str):
-        from tensorboardX import SummaryWriter  # imported here: only runs that log need it
+        from tensorboardX import (
+            SummaryWriter,  # imported here: only runs that log need it
+        )
 
         self.folder, self.tasks, self.method = Path(folder), tasks, method
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,11 @@ import torch
 from tqdm.auto import tqdm
 
 from polyrec.config import TrainSpec
-from polyrec.errors import TrainingError
 from polyrec.data.dataset import EvalData, Samples
+from polyrec.errors import TrainingError
 from polyrec.evaluate.evaluator import evaluate, mean_auc
+from polyrec.objective import Objective
 from polyrec.train.log import TrainLog
-from polyrec.train.objective import Objective
 from polyrec.weighting import Weighting
 
 
@@ -58,8 +58,8 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
     start = time.perf_counter()
     for step in bar:
         idx = order[step * batch_size:(step + 1) * batch_size]
-        losses = objective.batch_losses(model, data, idx)
-        weights = weighting.backward(losses, model)
+        losses, shared = objective.batch_losses(model, data, idx)
+        weights = weighting.backward(losses, shared, model)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step_losses.append(losses.detach())

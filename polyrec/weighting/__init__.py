@@ -34,6 +34,11 @@ def build_weighting(spec, tasks: list) -> Weighting:
     except ValidationError as err:
         raise ConfigError("; ".join(f"weighting.options.{'.'.join(map(str, e['loc']))} ({spec.method}): {e['msg']}"
                                     for e in err.errors())) from None
+    weighted = [t.name for t in tasks if t.weight != 1]
+    if weighted and not method.honours_task_weights:
+        raise ConfigError(f"weighting.method '{spec.method}' sets each task's weight itself, so tasks[].weight has "
+                          f"no meaning for it (set for {weighted}): remove those weights, or use a method that takes "
+                          f"them as priorities ({sorted(n for n, m in WEIGHTINGS.items() if m.honours_task_weights)})")
     return method(tasks, **options.model_dump(exclude_unset=True))
 
 

@@ -26,11 +26,21 @@ NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 class Weighting(nn.Module):
     """``tasks``: the config's task specs (name, kind, weight); keyword arguments after it
-    are the method's ``weighting.options``, typed with pydantic-compatible annotations."""
+    are the method's ``weighting.options``, typed with pydantic-compatible annotations.
+    ``needs_representation``: the method balances gradients at the shared representation,
+    so it cannot run on an architecture that shares none (checked when the config is read).
+    ``priority``: each task's configured ``weight``, a factor on what the method computes;
+    a method for which such a factor has no meaning sets ``honours_task_weights = False``
+    and a config that sets task weights for it is refused.
+    """
+
+    needs_representation: bool = False
+    honours_task_weights: bool = True
 
     def __init__(self, tasks: list):
         super().__init__()
         self.n_tasks = len(tasks)
+        self.register_buffer("priority", torch.tensor([float(t.weight) for t in tasks]))
 
     @classmethod
     def options_model(cls) -> type[BaseModel]:
@@ -40,18 +50,18 @@ class Weighting(nn.Module):
         return create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid"),
                             **{p.name: (hints.get(p.name, Any), p.default) for p in params})
 
-    def backward(self, losses: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        """Accumulate gradients for ``losses`` [T]; return the weights applied [T]."""
+    def backward(self, losses: torch.Tensor, shared: torch.Tensor | None, model: nn.Module) -> torch.Tensor:
+        """Accumulate gradients for ``losses`` [T], computed from the shared representation
+        ``shared`` of the same forward pass; return the weights applied [T]."""
         raise NotImplementedError
 
 
-def representation_grads(losses: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """Each task's gradient w.r.t. the model's shared representation, flattened: [T, N].
+def representation_grads(losses: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
+    """Each task's gradient w.r.t. the shared representation ``rep``, flattened: [T, N].
 
     Autograd only walks from each loss down to the representation (towers and gates),
     never through the shared body, so this costs a fraction of one backward pass.
     """
-    rep = model.shared_representation
     # one vmapped backward for all tasks (grad_outputs = rows of the identity), not T calls
     grads = torch.autograd.grad(losses, rep, torch.eye(len(losses)), retain_graph=True, is_grads_batched=True,
                                 allow_unused=True, materialize_grads=True)[0]

@@ -20,8 +20,8 @@ class DWA(Weighting):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("weights", torch.ones(len(tasks)))
 
-    def backward(self, losses, model):
-        used = self.weights
+    def backward(self, losses, shared, model):
+        used = self.priority * self.weights
         (used * losses).sum().backward()
         self.running += losses.detach()
         self.steps += 1

@@ -18,11 +18,11 @@ class FAMO(Weighting):
         self.register_buffer("logits", torch.zeros(len(tasks)))
         self.register_buffer("previous_log_loss", torch.full((len(tasks),), float("nan")))
 
-    def backward(self, losses, model):
+    def backward(self, losses, shared, model):
         log_loss = losses.detach().clamp(min=1e-12).log()
         if not torch.isnan(self.previous_log_loss).any():
             xi = self.logits.clone().requires_grad_()
             (delta,) = torch.autograd.grad(torch.softmax(xi, 0) @ (self.previous_log_loss - log_loss), xi)
             self.logits -= self.lr * (delta + self.decay * self.logits)
         self.previous_log_loss = log_loss
-        return weighted_backward(losses, torch.softmax(self.logits, 0) / log_loss.exp())
+        return weighted_backward(losses, self.priority * torch.softmax(self.logits, 0) / log_loss.exp())

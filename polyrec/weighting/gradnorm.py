@@ -14,19 +14,22 @@ from polyrec.weighting.base import NonNegative, Weighting, representation_grads
 
 
 class GradNorm(Weighting):
+    needs_representation = True
+    honours_task_weights = False   # it sets each task's weight itself
+
     def __init__(self, tasks, alpha: NonNegative = 1.5):
         super().__init__(tasks)
         self.alpha = alpha
         self.weights = nn.Parameter(torch.ones(len(tasks)))
         self.register_buffer("initial_loss", torch.zeros(len(tasks)))
 
-    def backward(self, losses, model):
+    def backward(self, losses, shared, model):
         with torch.no_grad():  # the paper's renormalization, after the previous optimizer step
             self.weights.clamp_(min=1e-3).mul_(len(losses) / self.weights.sum())
             if not self.initial_loss.any():
                 self.initial_loss.copy_(losses.clamp(min=1e-12))
         used = self.weights.detach().clone()
-        norms = representation_grads(losses, model).norm(dim=1)
+        norms = representation_grads(losses, shared).norm(dim=1)
         ratio = losses.detach() / self.initial_loss
         target = (used * norms).mean() * (ratio / ratio.mean()) ** self.alpha
         # ∂/∂w_i of Σ|w_i·‖∇ℓ_i‖ − target_i| with the target held constant, as in the paper

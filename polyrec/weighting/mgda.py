@@ -35,12 +35,15 @@ def min_norm_weights(gram: torch.Tensor, iterations: int = 50) -> torch.Tensor:
 
 
 class MGDA(Weighting):
+    needs_representation = True
+    honours_task_weights = False   # it sets each task's weight itself
+
     def __init__(self, tasks, normalize: Literal["loss+", "l2", "none"] = "loss+"):
         super().__init__(tasks)
         self.normalize = normalize
 
-    def backward(self, losses, model):
-        grads = representation_grads(losses, model)
+    def backward(self, losses, shared, model):
+        grads = representation_grads(losses, shared)
         gram = grads @ grads.T
         scale = torch.ones(len(losses))
         if self.normalize != "none":   # normalized on the Gram matrix: the [T, N] gradients are never copied

@@ -15,14 +15,15 @@ from polyrec.weighting.base import Weighting, representation_grads, weighted_bac
 
 
 class MultiBalance(Weighting):
+    needs_representation = True
+
     def __init__(self, tasks, momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9):
         super().__init__(tasks)
         self.momentum = momentum
-        self.register_buffer("priority", torch.tensor([t.weight for t in tasks]))
         self.register_buffer("norm_average", torch.zeros(len(tasks)))
 
-    def backward(self, losses, model):
-        norms = representation_grads(losses, model).norm(dim=1).clamp(min=1e-12)
+    def backward(self, losses, shared, model):
+        norms = representation_grads(losses, shared).norm(dim=1).clamp(min=1e-12)
         if self.norm_average.any():
             self.norm_average.lerp_(norms, 1 - self.momentum)
         else:

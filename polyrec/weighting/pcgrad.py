@@ -26,7 +26,8 @@ class PCGrad(Weighting):
         super().__init__(tasks)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def backward(self, losses, model):
+    def backward(self, losses, shared, model):
+        losses = losses * self.priority
         params = [p for p in model.parameters() if p.requires_grad]
         task_only = model.task_parameters()
         is_shared = [p not in task_only for p in params]

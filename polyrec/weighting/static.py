@@ -13,8 +13,8 @@ class Static(Weighting):
         if unknown:
             raise ConfigError(f"weighting.options.weights names unknown task(s) {sorted(unknown)}; the tasks are "
                               f"{[t.name for t in tasks]}")
-        self.register_buffer("weights", torch.tensor([weights.get(t.name, t.weight) for t in tasks]))
+        self.register_buffer("weights", torch.tensor([float(weights.get(t.name, t.weight)) for t in tasks]))
 
-    def backward(self, losses, model):
+    def backward(self, losses, shared, model):
         (losses * self.weights).sum().backward()
         return self.weights

@@ -16,7 +16,7 @@ class Uncertainty(Weighting):
         self.log_var = nn.Parameter(torch.zeros(len(tasks)))
         self.register_buffer("scale", torch.tensor([0.5 if t.kind == "regression" else 1.0 for t in tasks]))
 
-    def backward(self, losses, model):
-        weights = self.scale * torch.exp(-self.log_var)
+    def backward(self, losses, shared, model):
+        weights = self.priority * self.scale * torch.exp(-self.log_var)
         (weights * losses + 0.5 * self.log_var).sum().backward()
         return weights.detach()

@@ -1,4 +1,5 @@
-"""Per-task losses and scores, with missing labels masked and ESMM's entire-space product."""
+"""Tasks as data turned into per-task losses and scores, with missing labels masked and ESMM's
+entire-space product; below both training and evaluation, which share it."""
 from __future__ import annotations
 
 import torch
@@ -41,9 +42,11 @@ class Objective:
         """Names of what :meth:`scores` returns: every task, then every joint."""
         return self.names + [t.joint for t, p in zip(self.tasks, self.parent) if p is not None and t.kind == "binary"]
 
-    def batch_losses(self, model: torch.nn.Module, data, idx: torch.Tensor) -> torch.Tensor:
-        """Per-task losses [T] of the training rows ``idx`` of ``data`` (what the trainer calls)."""
-        return self.losses(model(data.user[idx], data.item[idx]), data.labels[idx])
+    def batch_losses(self, model: torch.nn.Module, data, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-task losses [T] of the training rows ``idx`` of ``data`` and the shared representation
+        they came from (what the trainer hands to the weighting)."""
+        logits, shared = model.forward_shared(data.user[idx], data.item[idx])
+        return self.losses(logits, data.labels[idx]), shared
 
     def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         has_label = ~torch.isnan(labels)
