@@ -14,12 +14,15 @@ import sys
 from pathlib import Path
 
 import torch
+from common import load_prepared, select_tasks
 
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
-from polyrec.data.dataset import prepare
-from polyrec.data.sources import load_tables
+from polyrec.models.layers import FeatureTables
+from polyrec.models.network import build_model
 from polyrec.recommender import MultiTaskRecommender
+from polyrec.text.inputs import encode_text
+from polyrec.text.lora import LoraItemEncoder
 from polyrec.train.trainer import make_optimizer, run_epoch, seed_everything
 from polyrec.weighting import build_weighting
 
@@ -27,8 +30,8 @@ from polyrec.weighting import build_weighting
 def step_seconds(cfg: Config, data, batches) -> float:
     seed_everything(cfg.train.seed, cfg.train.threads)
     rec = MultiTaskRecommender(cfg)
-    rec.encoder = data.encoder
-    model = rec._build(data.users, data.items, rec._lora_encoder(data.text))
+    encoder = LoraItemEncoder.for_catalog(cfg.text, data.text.item_texts, data.text.item_whitening)
+    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items), encoder)
     weighting = build_weighting(cfg.weighting, cfg.tasks)
     optimizer = make_optimizer(model, weighting, cfg.train)
     gen = torch.Generator().manual_seed(0)
@@ -42,12 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    base = Config.from_yaml(DEFAULT_CONFIG, ["train.progress=false"])
-    raw = base.model_dump()
-    raw["tasks"] = [t for t in raw["tasks"] if t["name"] in ("watch", "like")]
-    base = Config.from_dict(raw)
+    base = select_tasks(Config.from_yaml(DEFAULT_CONFIG, ["train.progress=false"]), ["watch", "like"])
     torch.set_num_threads(base.train.threads or 2)
-    data = prepare(load_tables(base.data), base)
+    data = load_prepared(base)
+    data = data.with_text(encode_text(base.text, data.user_table, data.item_table, data.train_history, False))
     batches = data.train.subset(torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[
         :args.steps * 1024])
     frozen = step_seconds(base, data, batches)

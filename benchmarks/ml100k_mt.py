@@ -15,21 +15,19 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import load_prepared, protocol_config, select_tasks, training_steps
 
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
-from polyrec.data.dataset import PreparedData, Samples, prepare
-from polyrec.data.sources import load_tables
+from polyrec.data.dataset import PreparedData, Samples
 from polyrec.evaluate.evaluator import predict_logits
-from polyrec.models.network import MultiTaskModel, build_model
-from polyrec.objective import Objective
+from polyrec.models.network import MultiTaskModel
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.train.trainer import make_optimizer, run_epoch, seed_everything
-from polyrec.weighting import build_weighting
 
 # Best of torch-rechub 0.9.0 and DeepCTR-Torch 0.3.0 on this protocol (DESIGN.md / issue #2).
 REFERENCE = {
@@ -40,24 +38,6 @@ REFERENCE = {
     "best": {"watch": 0.8470, "like": 0.8074, "ctcvr": 0.8712, "watch_ndcg@10": 0.1288, "like_ndcg@10": 0.1208},
 }
 TIMED_SAMPLES = 150 * 1024  # per speed measurement, after a warm-up of 10 batches
-
-
-def model_config(base: Config, name: str, max_epochs: int) -> Config:
-    arch, _, suffix = name.partition("_")
-    if suffix not in ("", "esmm"):
-        raise SystemExit(f"unknown model '{name}': use ARCH or ARCH_esmm with ARCH in single/sharedbottom/mmoe/ple")
-    # the protocol's inputs are IDs and categorical side features: no text, no ID dropout
-    return base.with_overrides([f"model.arch={arch}", f"model.esmm={suffix == 'esmm'}", "text=null",
-                                "model.oov_dropout={}", f"train.max_epochs={max_epochs}", "train.progress=false"])
-
-
-def select_tasks(config: Config, names: list[str]) -> Config:
-    raw = config.model_dump()
-    unknown = set(names) - {t["name"] for t in raw["tasks"]}
-    if unknown:
-        raise SystemExit(f"--tasks: {sorted(unknown)} not in the config's tasks")
-    raw["tasks"] = [t for t in raw["tasks"] if t["name"] in names]
-    return Config.from_dict(raw)
 
 
 def inference_rate(model: MultiTaskModel, samples: Samples, repeats: int = 3) -> float:
@@ -91,14 +71,9 @@ def run_quality(cfg: Config, data: PreparedData, name: str) -> dict:
 
 # ------------------------------------------------------------------ speed vs torch-rechub
 def polyrec_epoch_rate(cfg: Config, data: PreparedData, subset: Samples) -> float:
-    seed_everything(cfg.train.seed, cfg.train.threads)
-    model = build_model(cfg, data.encoder, data.users, data.items)
-    objective, weighting = Objective.from_config(cfg), build_weighting(cfg.weighting, cfg.tasks)
-    optimizer = make_optimizer(model, weighting, cfg.train)
-    gen = torch.Generator().manual_seed(0)
-    run_epoch(model, objective, weighting, optimizer, subset.subset(torch.arange(10 * 1024)), 1024, gen)
-    _, _, seconds = run_epoch(model, objective, weighting, optimizer, subset, cfg.train.batch_size, gen)
-    return len(subset) / seconds
+    """The trainer's own step over ``subset`` (after a warm-up of 10 batches)."""
+    steps = len(subset) // cfg.train.batch_size
+    return steps * cfg.train.batch_size / sum(training_steps(cfg, replace(data, train=subset), steps))
 
 
 def rechub_epoch_rate(cfg: Config, data: PreparedData, subset: Samples, arch: str) -> float:
@@ -144,7 +119,7 @@ def run_speed(base: Config, data: PreparedData, archs: list[str], rounds: int = 
     out = {}
     for arch in archs:
         # torch-rechub's MLPs have no dropout: time polyrec on the identical model
-        cfg = model_config(base, arch, 1).with_overrides(["model.dropout=0.0"])
+        cfg = protocol_config(base, arch, 1).with_overrides(["model.dropout=0.0"])
         ours, theirs = [], []
         for _ in range(rounds):
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -200,13 +175,13 @@ def main(argv: list[str] | None = None) -> None:
 
     base = select_tasks(Config.from_yaml(args.config, args.overrides), args.tasks.split(","))
     torch.set_num_threads(base.train.threads or 2)
-    data = prepare(load_tables(base.data), base)
+    data = load_prepared(base)
     result = {"protocol": "ml100k-mt", "machine": {"cpu_threads": torch.get_num_threads(), "cores": os.cpu_count(),
                                                   "python": platform.python_version(), "torch": torch.__version__},
               "settings": {"max_epochs": args.max_epochs, "config": str(args.config.name), "tasks": args.tasks,
                            "overrides": args.overrides}, "models": {}}
     for name in args.models.split(","):
-        result["models"][name] = run_quality(model_config(base, name, args.max_epochs), data, name)
+        result["models"][name] = run_quality(protocol_config(base, name, args.max_epochs), data, name)
     if not args.no_rechub:
         result["speed"] = run_speed(base, data, ["mmoe", "sharedbottom"])
     args.out.mkdir(parents=True, exist_ok=True)

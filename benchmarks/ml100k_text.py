@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import flat_metrics, select_tasks
 
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
@@ -40,8 +41,7 @@ ID_FEATURES = ("user_id", "item_id")
 
 
 def variant_config(base: Config, arch: str, variant: str, seed: int, max_epochs: int) -> Config:
-    raw = base.model_dump()
-    raw["tasks"] = [t for t in raw["tasks"] if t["name"] in ("watch", "like")]
+    raw = select_tasks(base, ["watch", "like"]).model_dump()
     raw["model"]["arch"], raw["train"]["seed"], raw["train"]["max_epochs"] = arch, seed, max_epochs
     raw["train"]["progress"] = False
     text = raw["text"]
@@ -55,19 +55,13 @@ def variant_config(base: Config, arch: str, variant: str, seed: int, max_epochs:
     return Config.from_dict(raw)
 
 
-def flat(metrics: dict) -> dict[str, float]:
-    return {"watch_auc": metrics["watch"]["auc"], "like_auc": metrics["like"]["auc"],
-            "ctcvr_auc": metrics["ctcvr"]["auc"], "watch_recall@10": metrics["ranking"]["watch"]["recall@10"],
-            "watch_ndcg@10": metrics["ranking"]["watch"]["ndcg@10"],
-            "like_ndcg@10": metrics["ranking"]["like"]["ndcg@10"]}
-
-
 def run_one(cfg: Config, tables) -> dict:
     data = prepare(tables, cfg)
     rec = MultiTaskRecommender(cfg).fit_prepared(data)
     n_items = len(data.catalog.item_ids)
     cold = evaluate(rec.model, rec.objective, data.test.restrict_items(data.cold_items), n_items, [10], True)
-    return {"all": flat(rec.evaluate(ranking=True)), "cold": flat(cold), "epochs": rec.result.epochs,
+    return {"all": flat_metrics(rec.evaluate(ranking=True), cfg), "cold": flat_metrics(cold, cfg),
+            "epochs": rec.result.epochs,
             "train_samples_per_s": rec.result.train_samples_per_s, "cold_items": len(data.cold_items)}
 
 

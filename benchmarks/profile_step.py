@@ -17,13 +17,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from common import load_prepared, protocol_config
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
-from polyrec.data.dataset import prepare
-from polyrec.data.sources import load_tables
+from polyrec.models.layers import FeatureTables
 from polyrec.models.network import build_model
 from polyrec.objective import Objective
 from polyrec.train.trainer import make_optimizer, seed_everything
@@ -64,10 +64,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
 
-    cfg = Config.from_yaml(DEFAULT_CONFIG, [f"model.arch={args.arch}"])
+    cfg = protocol_config(Config.from_yaml(DEFAULT_CONFIG), args.arch, 1)   # ID features only
     seed_everything(cfg.train.seed, cfg.train.threads)
-    data = prepare(load_tables(cfg.data), cfg)
-    model = build_model(cfg, data.encoder, data.users, data.items).train()
+    data = load_prepared(cfg)
+    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items)).train()
     objective, weighting = Objective.from_config(cfg), build_weighting(cfg.weighting, cfg.tasks)
     optimizer = make_optimizer(model, weighting, cfg.train)
     order = torch.randperm(len(data.train))
@@ -77,11 +77,11 @@ def main() -> None:
     def step(s: int, timed: bool = False) -> None:
         marks = [time.perf_counter()]
         idx = order[(s * batch) % (len(order) - batch):][:batch]
-        user, item, labels = data.train.user[idx], data.train.item[idx], data.train.labels[idx]
+        rows = data.train.subset(idx)
         marks.append(time.perf_counter())
-        losses = objective.losses(model(user, item), labels)
+        losses, shared = objective.batch_losses(model, rows, slice(None))
         marks.append(time.perf_counter())
-        weighting.backward(losses, model)
+        weighting.backward(losses, shared, model)
         marks.append(time.perf_counter())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

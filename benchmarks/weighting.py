@@ -20,26 +20,15 @@ import time
 from pathlib import Path
 
 import torch
-from ml100k_mt import model_config
+from common import flat_metrics, load_prepared, protocol_config, training_steps
 
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
-from polyrec.data.dataset import PreparedData, prepare
-from polyrec.data.sources import load_tables
-from polyrec.models.network import build_model
-from polyrec.objective import Objective
+from polyrec.data.dataset import PreparedData
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.train.trainer import make_optimizer, seed_everything
-from polyrec.weighting import WEIGHTINGS, build_weighting
+from polyrec.weighting import WEIGHTINGS
 
 METRICS = [("watch", "auc", +1), ("like", "auc", +1), ("rating", "rmse", -1)]  # +1: higher is better
-
-
-def task_metrics(test: dict) -> dict:
-    out = {f"{task}_{metric}": test[task][metric] for task, metric, _ in METRICS}
-    out["ctcvr_auc"] = test["ctcvr"]["auc"]
-    out.update({f"{task}_ndcg@10": test["ranking"][task]["ndcg@10"] for task in ("watch", "like")})
-    return out
 
 
 def delta_m(metrics: dict, baseline: dict) -> float:
@@ -52,7 +41,7 @@ def run_quality(cfg: Config, data: PreparedData) -> dict:
     rec = MultiTaskRecommender(cfg).fit_prepared(data)
     seconds = time.perf_counter() - start
     weights = torch.tensor(rec.result.step_weights)
-    return {"test": task_metrics(rec.evaluate(ranking=True)), "epochs": rec.result.epochs,
+    return {"test": flat_metrics(rec.evaluate(ranking=True), cfg), "epochs": rec.result.epochs,
             "best_epoch": rec.result.best_epoch, "train_seconds": round(seconds, 1),
             "mean_weight": dict(zip(rec.objective.names, weights.mean(0).tolist())),
             "final_weight": dict(zip(rec.objective.names, weights[-50:].mean(0).tolist()))}
@@ -60,22 +49,7 @@ def run_quality(cfg: Config, data: PreparedData) -> dict:
 
 def step_seconds(cfg: Config, data: PreparedData, steps: int = 60) -> float:
     """Median seconds per training step (forward, weighting's backward, optimizer step)."""
-    seed_everything(cfg.train.seed, cfg.train.threads)
-    model = build_model(cfg, data.encoder, data.users, data.items)
-    objective, weighting = Objective.from_config(cfg), build_weighting(cfg.weighting, cfg.tasks)
-    optimizer = make_optimizer(model, weighting, cfg.train)
-    model.train()
-    batches = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
-    times = []
-    for step in range(10 + steps):  # the first 10 warm up allocator and thread pool
-        idx = batches[step * cfg.train.batch_size:(step + 1) * cfg.train.batch_size]
-        start = time.perf_counter()
-        losses = objective.losses(model(data.train.user[idx], data.train.item[idx]), data.train.labels[idx])
-        weighting.backward(losses, model)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[10:])
+    return statistics.median(training_steps(cfg, data, steps))
 
 
 def run_speed(base: Config, data: PreparedData, methods: list[str], archs: list[str], rounds: int = 4) -> dict:
@@ -163,8 +137,8 @@ def main() -> None:
     path = args.out / "weighting.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     runs, speed = saved.get("runs", {}), saved.get("speed", {})
-    base = model_config(Config.from_yaml(DEFAULT_CONFIG), "mmoe", args.max_epochs)
-    data = prepare(load_tables(base.data), base)
+    base = protocol_config(Config.from_yaml(DEFAULT_CONFIG), "mmoe", args.max_epochs)
+    data = load_prepared(base)
 
     def write() -> None:
         baseline = single_task_baseline(runs)

@@ -87,7 +87,8 @@ class TaskSpec(_Strict):
 
 class SplitSpec(_Strict):
     method: Literal["temporal", "random", "leave_last_out"] = "temporal"
-    valid: float = Field(0.1, ge=0, lt=1)
+    # > 0: early stopping and model selection read the validation split
+    valid: float = Field(0.1, gt=0, lt=1)
     test: float = Field(0.1, gt=0, lt=1)
 
 

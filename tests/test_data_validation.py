@@ -85,10 +85,21 @@ def test_bad_time_column(config, tables):
         prepare(tables, config)
 
 
-def test_empty_test_split(config):
+def test_empty_valid_split(config):
     tiny = make_tables(n_users=3, per_user=2)  # users with < 3 rows stay in train
     with pytest.raises(DataError, match="the valid split is empty"):
         prepare(tiny, config)
+
+
+def test_empty_test_split(config):
+    cfg = config.with_overrides(["data.split.method=random", "data.split.valid=0.4", "data.split.test=0.001"])
+    with pytest.raises(DataError, match="the test split is empty"):
+        prepare(make_tables(n_users=3, per_user=5), cfg)
+
+
+def test_a_split_without_validation_is_refused_when_the_config_is_read():
+    with pytest.raises(ConfigError, match="data.split.valid: Input should be greater than 0"):
+        make_config(data__split__valid=0)
 
 
 def test_negative_label_must_name_a_task_label(tables):

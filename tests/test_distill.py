@@ -165,3 +165,42 @@ def test_student_file_overrides_the_teachers_config_key_by_key(tmp_path):
     student = student_config(teacher, path)
     assert (student.model.embed_dim, student.model.dropout, student.model.oov_dropout) == (2, 0.3, {})
     assert student.tasks == teacher.tasks and student.data == teacher.data
+
+
+@pytest.mark.parametrize("method, options", [("multibalance", "{}"), ("mgda_ub", "{normalize: l2}")])
+def test_ranking_distillation_balances_the_batch_representation(teacher_run, method, options):
+    """The ranking term runs a second forward pass; the weighting must still balance the batch's
+    own shared representation: every task has a gradient there, and the weights equal those
+    computed without the ranking term (which does not depend on that representation)."""
+    from polyrec.data.dataset import prepare
+    from polyrec.distill.distiller import ranking_candidates
+    from polyrec.distill.objective import DistillObjective
+    from polyrec.evaluate.evaluator import predict_logits
+    from polyrec.models.layers import FeatureTables
+    from polyrec.models.network import build_model
+    from polyrec.weighting import build_weighting
+    from polyrec.weighting.base import representation_grads
+    folder, teacher_dir = teacher_run
+    teacher = MultiTaskRecommender.load(teacher_dir)
+    cfg = student_config(teacher.config, write_student(folder, ranking_weight=1.0),
+                         [f"weighting.method={method}", f"weighting.options={options}"])
+    data = prepare(make_tables(), cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items)).eval()   # no dropout: repeatable
+    candidates, scores = ranking_candidates(teacher, unseen_pairs(data), cfg.distill, 0, seed=0)
+    teacher_logits = predict_logits(teacher.model, data.train.user, data.train.item)
+    idx = torch.arange(64)
+
+    def weights_and_grads(ranking_weight):
+        spec = cfg.distill.model_copy(update={"ranking_weight": ranking_weight})
+        objective = DistillObjective(MultiTaskRecommender(cfg).objective, spec, teacher_logits, candidates, scores,
+                                     0, seed=0)
+        losses, shared = objective.batch_losses(model, data.train, idx)
+        grads = representation_grads(losses, shared)
+        return build_weighting(cfg.weighting, cfg.tasks).backward(losses, shared, model), grads
+
+    with_ranking, grads = weights_and_grads(1.0)
+    without_ranking, plain_grads = weights_and_grads(0.0)
+    assert (grads.norm(dim=1) > 0).all()                     # every task reaches the shared layer
+    assert torch.allclose(grads, plain_grads, atol=1e-6)
+    assert torch.allclose(with_ranking, without_ranking, atol=1e-5)

@@ -11,7 +11,7 @@ from polyrec.models.network import build_model
 from polyrec.objective import Objective
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.text.encoder import TextEncoder
-from polyrec.text.inputs import Whitening, encode_text
+from polyrec.text.inputs import Whitening, encode_text, history_text
 from polyrec.text.lora import LoraItemEncoder
 from polyrec.text.templates import render
 from tests.conftest import make_config, make_tables
@@ -102,7 +102,17 @@ def test_new_item_and_new_user_are_recommendable_without_retraining(tmp_path):
     ranked = rec.recommend("newbie", k=n_items + 1)
     assert len(ranked) == n_items + 1 and "fresh" in {it["item_id"] for it in ranked}
     assert all("because" not in it for it in ranked)  # no history, nothing to explain with
-    # a new item with the same text as a known one is scored like that item would be without its ID
+    # a new item with the same fields and text as a known one is scored as that item would be without its ID
+    tables = make_tables()
+    twin = tables.items[tables.items["item"] == "i3"].assign(item="twin-of-i3")
+    rec.add_items(twin)
+    model, i3, new = rec.model, rec.catalog.item_index["i3"], rec.catalog.item_index["twin-of-i3"]
+    id_column = [s.name for s in rec.encoder.side_specs("item", "cat")].index("item")
+    model.tables.item_cat[i3, id_column] = rec.encoder.offsets["item"]   # i3's id hidden: out of vocabulary
+    assert torch.equal(model.tables.item_cat[i3], model.tables.item_cat[new])
+    assert torch.allclose(model.tables.item_text[i3], model.tables.item_text[new], atol=1e-6)
+    pd.testing.assert_frame_equal(rec.predict(["u1"], ["i3"]).drop(columns="item_id"),
+                                  rec.predict(["u1"], ["twin-of-i3"]).drop(columns="item_id"), atol=1e-6)
     with pytest.raises(DataError, match="already known"):
         rec.add_items(pd.DataFrame({"item": ["i3"], "name": ["x"]}))
     with pytest.raises(DataError, match=r"new users table: missing column\(s\) \['user'\]"):
@@ -171,3 +181,22 @@ def test_a_run_directory_does_not_choose_where_files_go_or_which_model_loads(tmp
     out = CliRunner().invoke(app, ["recommend", str(run), "--user", "u1", *new_item, "--text-model",
                                    "all-MiniLM-L6-v2", "--json", "-k", "50"])
     assert out.exit_code == 0 and "x1" in {item["item_id"] for item in json.loads(out.stdout)["items"]}
+
+
+def test_low_cardinality_profile_text_keeps_the_user_text_layout(tmp_path):
+    """Two distinct profiles give a whitening of rank 1: its vector is still whiten_dim wide, so
+    the history part sits where the model reads it."""
+    cfg = text_config(tmp_path, "text.user_template=from {country}")
+    tables = make_tables()
+    tables.users["country"] = ["de" if u % 2 else "fr" for u in range(len(tables.users))]
+    data = prepare_with_text(tables, cfg)
+    layout = data.text.layout
+    assert layout.parts == ("profile", "history") and data.text.user.shape[1] == 2 * 8
+    profile, history = layout.part(data.text.user, "profile"), layout.part(data.text.user, "history")
+    assert (profile[:, 1:] == 0).all() and profile[:, 0].abs().min() > 0   # one informative column, then zeros
+    raw = TextEncoder(cfg.text.model, cfg.text.cache_dir, progress=False).encode(data.text.item_texts)
+    expected = history_text(raw, [data.train_history.get(u, np.zeros(0, int)) for u in range(30)], 3,
+                            data.text.item_whitening)
+    assert torch.allclose(history, torch.from_numpy(expected), atol=1e-5)
+    rec = MultiTaskRecommender(cfg).fit_prepared(data)
+    assert len(rec.recommend("u1", k=3)) == 3

@@ -174,7 +174,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     user, item, time, labels, split = (a[~held_out] if a is not None else None
                                        for a in (user, item, time, labels, split))
     for name, code in SPLITS.items():
-        if not (split == code).any() and (name != "valid" or spec.split.valid > 0):
+        if not (split == code).any():
             raise DataError(f"the {name} split is empty: {len(inter)} interactions of {len(catalog.user_ids)} users "
                             f"under split '{spec.split.method}'; add data or change data.split")
 

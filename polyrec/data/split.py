@@ -28,10 +28,10 @@ def split_rows(user: np.ndarray, item: np.ndarray, time: np.ndarray | None, spec
     n = np.repeat(counts, counts)
     if spec.method == "leave_last_out":
         n_test = np.ones_like(n)
-        n_valid = np.full_like(n, int(spec.valid > 0))
+        n_valid = np.ones_like(n)
     else:
         n_test = np.maximum(1, np.floor(n * spec.test).astype(np.int64))
-        n_valid = np.maximum(int(spec.valid > 0), np.floor(n * spec.valid).astype(np.int64))
+        n_valid = np.maximum(1, np.floor(n * spec.valid).astype(np.int64))
     eligible = n >= 3
     code = np.full(len(order), TRAIN, dtype=np.int8)
     code[eligible & (pos >= n - n_test - n_valid)] = VALID

@@ -63,11 +63,18 @@ class LoraItemEncoder(nn.Module):
         pad = lambda t: F.pad(t, (0, width - t.shape[1]))  # noqa: E731
         self.input_ids = torch.cat([pad(self.input_ids), pad(input_ids)])
         self.attention_mask = torch.cat([pad(self.attention_mask), pad(attention_mask)])
-        self._catalog = None
+        self._catalog = None if self.training else self._encode_catalog()
 
     def train(self, mode: bool = True):
-        self._catalog = None
-        return super().train(mode)
+        # evaluation reads the whole catalog's encoding, made once here rather than inside forward
+        super().train(mode)
+        self._catalog = None if mode else self._encode_catalog()
+        return self
+
+    @torch.no_grad()
+    def _encode_catalog(self) -> torch.Tensor:
+        n = len(self.input_ids)
+        return torch.cat([self._encode(torch.arange(a, min(a + self.batch_size, n))) for a in range(0, n, self.batch_size)])
 
     def _encode(self, items: torch.Tensor) -> torch.Tensor:
         mask = self.attention_mask[items]
@@ -81,9 +88,4 @@ class LoraItemEncoder(nn.Module):
         if self.training:
             unique, inverse = torch.unique(item, return_inverse=True)
             return self._encode(unique)[inverse]
-        if self._catalog is None:
-            with torch.no_grad():
-                n = len(self.input_ids)
-                self._catalog = torch.cat([self._encode(torch.arange(a, min(a + self.batch_size, n)))
-                                           for a in range(0, n, self.batch_size)])
         return self._catalog[item]

@@ -41,6 +41,16 @@ def make_optimizer(model: torch.nn.Module, weighting: Weighting, spec: TrainSpec
     return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
+def train_step(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: torch.optim.Optimizer,
+               data: Samples, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the rows ``idx`` of ``data``; returns (task losses [T], task weights [T])."""
+    losses, shared = objective.batch_losses(model, data, idx)
+    weights = weighting.backward(losses, shared, model)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return losses.detach(), weights.detach()
+
+
 def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: torch.optim.Optimizer,
               data: Samples, batch_size: int, generator: torch.Generator, progress: str | None = None,
               log: TrainLog | None = None):
@@ -57,13 +67,10 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
     bar = tqdm(range(n_batches), desc=progress, disable=progress is None, leave=False, mininterval=0.5)
     start = time.perf_counter()
     for step in bar:
-        idx = order[step * batch_size:(step + 1) * batch_size]
-        losses, shared = objective.batch_losses(model, data, idx)
-        weights = weighting.backward(losses, shared, model)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_losses.append(losses.detach())
-        step_weights.append(weights.detach())
+        losses, weights = train_step(model, objective, weighting, optimizer, data,
+                                     order[step * batch_size:(step + 1) * batch_size])
+        step_losses.append(losses)
+        step_weights.append(weights)
         if log is not None:
             log.step(losses.tolist(), weights.tolist())
         if progress is not None and step % 20 == 0:
