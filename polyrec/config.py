@@ -2,17 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveInt,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from polyrec.errors import ConfigError
 from polyrec.weighting import build_weighting
@@ -86,10 +79,20 @@ class TaskSpec(_Strict):
 
 
 class SplitSpec(_Strict):
-    method: Literal["temporal", "random", "leave_last_out"] = "temporal"
+    """``temporal`` / ``leave_last_out``: per user by time; ``random``: per row; ``column``: given
+    with the rows, in the column ``column`` (values train / valid / test), as separate files
+    ``data.train``/``valid``/``test`` are. Given rows are taken as they are, repeated pairs
+    (pre-drawn negatives) included."""
+
+    method: Literal["temporal", "random", "leave_last_out", "column"] = "temporal"
     # > 0: early stopping and model selection read the validation split
     valid: float = Field(0.1, gt=0, lt=1)
     test: float = Field(0.1, gt=0, lt=1)
+    column: str = "split"
+
+    @property
+    def given(self) -> bool:
+        return self.method == "column"
 
 
 class NegativeSpec(_Strict):
@@ -101,12 +104,19 @@ class NegativeSpec(_Strict):
 
 
 class DataSpec(_Strict):
+    """Where the rows come from: a built-in ``dataset``, one ``interactions`` file (split by
+    ``split``), or the split given as files ``train``, ``valid``, ``test``. ``item_col: null``
+    is a tabular dataset (one row per user, several labels, nothing to rank)."""
+
     dataset: str | None = None          # a built-in dataset (polyrec.data.sources.DATASETS)
     interactions: str | None = None
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
     users: str | None = None
     items: str | None = None
     user_col: str = "user_id"
-    item_col: str = "item_id"
+    item_col: str | None = "item_id"
     time_col: str | None = "timestamp"
     title_col: str | None = None
     verb: str = "interacted with"   # past tense, for explanations: "because you watched ..."
@@ -114,14 +124,37 @@ class DataSpec(_Strict):
     seed: int = 2024                   # the split, sampled negatives and cold items; train.seed is the model's
     split: SplitSpec = Field(default_factory=SplitSpec)
     negatives: NegativeSpec = Field(default_factory=NegativeSpec)
-    # Cold-start evaluation: this share of items (seeded) is held out of train and valid
-    # entirely, negatives included; test keeps them.
-    cold_items: float = Field(0.0, ge=0, lt=1)
+    # Cold-start evaluation: items held out of train and valid entirely (sampled negatives
+    # included) and reported apart on test: a share of the catalog (seeded by data.seed), a list
+    # of item ids, or a file of ids (one per line, or a CSV/Parquet with the item column).
+    cold_items: Annotated[float, Field(ge=0, lt=1)] | list[str] | str = 0.0
+
+    @field_validator("cold_items", mode="before")
+    @classmethod
+    def _ids_as_text(cls, value):
+        return [str(v) for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
-        if self.dataset is None and self.interactions is None:
-            raise ValueError("data: give either 'dataset' (built-in) or 'interactions' (a CSV/Parquet path)")
+        files = [self.train, self.valid, self.test]
+        sources = [self.dataset is not None, self.interactions is not None, any(f is not None for f in files)]
+        if sum(sources) != 1:
+            raise ValueError("data: give exactly one of 'dataset' (built-in), 'interactions' (a CSV/Parquet path) "
+                             "or 'train', 'valid' and 'test' (the split as files)")
+        if sources[2]:
+            if None in files:
+                raise ValueError("data: a split given as files needs all three of 'train', 'valid' and 'test'")
+            self.split = self.split.model_copy(update={"method": "column"})
+        if self.split.method in ("temporal", "leave_last_out") and self.time_col is None:
+            raise ValueError(f"data.split.method '{self.split.method}' orders each user's rows by time: it needs "
+                             "data.time_col (or use random or column)")
+        if self.item_col is None:
+            if self.negatives.per_positive:
+                raise ValueError("data.item_col is null (no items): there is nothing to sample negatives from; "
+                                 "set data.negatives.per_positive: 0")
+            if self.items is not None or self.title_col is not None or self.cold_items != 0.0:
+                raise ValueError("data.item_col is null (no items): remove data.items, data.title_col and "
+                                 "data.cold_items")
         return self
 
 
@@ -262,6 +295,11 @@ class Config(_Strict):
         feats = [f.name for f in self.features]
         if len(set(feats)) != len(feats):
             raise ValueError(f"features: duplicate feature names in {feats}")
+        if self.data.item_col is None:
+            item_side = [f.name for f in self.features if f.source == "item"]
+            if item_side or (self.text is not None and (self.text.item_template or self.text.user_history)):
+                raise ValueError(f"data.item_col is null (no items), so nothing can be read from items: remove the "
+                                 f"item features {item_side} and text.item_template / text.user_history")
         categorical = {f.name for f in self.features if f.kind in ("categorical", "bucket")}
         for name, p in self.model.oov_dropout.items():
             if name not in categorical or not 0 <= p < 1:
@@ -327,7 +365,8 @@ def read_yaml(path: str | Path) -> dict:
 
 
 # config keys that name files or folders: relative values in a YAML file are relative to that file
-_PATH_KEYS = {"data": ("interactions", "users", "items", "cache_dir"), "text": ("cache_dir",)}
+_PATH_KEYS = {"data": ("interactions", "train", "valid", "test", "users", "items", "cache_dir", "cold_items"),
+              "text": ("cache_dir",)}
 
 
 def apply_override(raw: dict, item: str) -> None:

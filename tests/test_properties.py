@@ -129,6 +129,7 @@ BAD_VALUES = {
     "int": [0, -3, "abc", 1.5, [1], {"a": 1}, None],
     "count": [-1, "abc", 1.5, None],
     "fraction": [-0.5, 1.0, 2, "abc", float("nan"), float("inf"), [0.1]],
+    "share_or_ids": [-0.5, 1.0, 2, float("nan"), float("inf"), {"a": 1}, [[1]]],
     "positive": [0, -1e-3, "fast", float("nan"), float("inf"), None],
     "choice": ["transformer", 3, None, ["mmoe"]],
     "dims": ["abc", [0], [-4, 8], [], 12, [1.5]],
@@ -136,7 +137,7 @@ BAD_VALUES = {
 CONFIG_KEYS = [(("model", "embed_dim"), "int"), (("train", "batch_size"), "int"), (("train", "max_epochs"), "int"),
                (("model", "n_experts"), "int"), (("data", "negatives", "per_positive"), "count"),
                (("model", "dropout"), "fraction"), (("data", "split", "test"), "fraction"),
-               (("data", "cold_items"), "fraction"), (("train", "lr"), "positive"),
+               (("data", "cold_items"), "share_or_ids"), (("train", "lr"), "positive"),
                (("distill", "temperature"), "positive"), (("model", "arch"), "choice"),
                (("data", "split", "method"), "choice"), (("model", "expert_dims"), "dims"),
                (("eval", "ks"), "dims")]

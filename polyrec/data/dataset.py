@@ -15,8 +15,9 @@ import torch
 from polyrec.config import Config, FeatureSpec
 from polyrec.data.features import EncodedSide, FeatureEncoder
 from polyrec.data.negatives import sample_negatives
+from polyrec.data.sources import read_table
 from polyrec.data.split import TEST, TRAIN, VALID, split_rows
-from polyrec.data.tables import Tables, validate
+from polyrec.data.tables import Tables, item_column, validate
 from polyrec.errors import DataError
 from polyrec.text.inputs import TextInputs
 
@@ -152,27 +153,39 @@ def _id_order(ids: pd.Series) -> np.ndarray:
 
 
 def prepare(tables: Tables, config: Config) -> PreparedData:
-    """Validate, split (seeded by ``data.seed``), sample negatives and encode features; no
-    language-model work (see :func:`polyrec.text.inputs.encode_text`). ``tables`` is not changed."""
+    """Validate, split (derived and seeded by ``data.seed``, or given with the rows), sample
+    negatives and encode features; no language-model work (see :func:`polyrec.text.inputs.encode_text`).
+    ``tables`` is not changed.
+
+    An *interaction* (what a user did: ranking ground truth, history, excluded when recommending)
+    is every row of a derived split; of given rows, those where the first binary task without a
+    parent is 1 (the others, e.g. pre-drawn negatives, are scored but never excluded).
+    """
     tables = validate(tables, config)
     spec, tasks = config.data, config.tasks
+    item_col = item_column(spec)
     users = tables.users.iloc[_id_order(tables.users[spec.user_col])].reset_index(drop=True)
-    items = tables.items.iloc[_id_order(tables.items[spec.item_col])].reset_index(drop=True)
-    titles = items[spec.title_col].fillna("").astype(str) if spec.title_col else items[spec.item_col]
-    catalog = Catalog(users[spec.user_col].tolist(), items[spec.item_col].tolist(), titles.tolist())
+    items = tables.items.iloc[_id_order(tables.items[item_col])].reset_index(drop=True)
+    titles = items[spec.title_col].fillna("").astype(str) if spec.title_col else items[item_col]
+    catalog = Catalog(users[spec.user_col].tolist(), items[item_col].tolist(), titles.tolist())
 
     inter = tables.interactions
     user = inter[spec.user_col].map(catalog.user_index).to_numpy(np.int64)
-    item = inter[spec.item_col].map(catalog.item_index).to_numpy(np.int64)
+    item = inter[item_col].map(catalog.item_index).to_numpy(np.int64)
     time = inter[spec.time_col].to_numpy() if spec.time_col in inter else None
     labels = np.stack([inter[t.col].to_numpy(np.float32) for t in tasks], 1)
-    split = split_rows(user, item, time, spec.split, spec.seed)
-    interacted = np.unique(user * len(catalog.item_ids) + item)
-    cold_items = np.sort(np.random.default_rng(spec.seed).choice(
-        len(catalog.item_ids), int(round(spec.cold_items * len(catalog.item_ids))), replace=False))
+    if spec.split.given:
+        split = inter[spec.split.column].map(SPLITS).to_numpy(np.int8)
+        root = next((t for t, task in enumerate(tasks) if task.kind == "binary" and task.depends_on is None), None)
+        positive = labels[:, root] == 1 if root is not None else np.ones(len(inter), bool)
+    else:
+        split = split_rows(user, item, time, spec.split, spec.seed)
+        positive = np.ones(len(inter), bool)
+    interacted = np.unique(user[positive] * len(catalog.item_ids) + item[positive])
+    cold_items = cold_item_indices(spec, catalog)
     held_out = np.isin(item, cold_items) & (split != TEST)
-    user, item, time, labels, split = (a[~held_out] if a is not None else None
-                                       for a in (user, item, time, labels, split))
+    user, item, time, labels, split, positive = (a[~held_out] if a is not None else None
+                                                 for a in (user, item, time, labels, split, positive))
     for name, code in SPLITS.items():
         if not (split == code).any():
             raise DataError(f"the {name} split is empty: {len(inter)} interactions of {len(catalog.user_ids)} users "
@@ -192,8 +205,9 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
         u, i, y = user[rows], item[rows], labels[rows]
         k = spec.negatives.per_positive
         if k:
-            neg_i = sample_negatives(u, k, excluded[code], len(catalog.item_ids), rng)
-            u = np.concatenate([u, np.repeat(u, k)])
+            pos_u = user[rows & positive]
+            neg_i = sample_negatives(pos_u, k, excluded[code], len(catalog.item_ids), rng)
+            u = np.concatenate([u, np.repeat(pos_u, k)])
             i = np.concatenate([i, neg_i])
             y = np.concatenate([y, np.tile(neg_labels, (len(neg_i), 1))])
         return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y))
@@ -201,16 +215,40 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     train = samples_of(TRAIN)
 
     def eval_of(code: int) -> EvalData:
-        rows = split == code
-        earlier = split < code
+        rows, earlier = (split == code) & positive, (split < code) & positive
         return EvalData(samples_of(code), Samples(torch.from_numpy(user[rows]), torch.from_numpy(item[rows]),
                                                   torch.from_numpy(labels[rows])),
                         torch.from_numpy(user[earlier]), torch.from_numpy(item[earlier]))
 
     valid, test = eval_of(VALID), eval_of(TEST)
-    data = PreparedData(catalog, users, items, train, valid, test, _items_by_user(user, item, time, split <= VALID),
-                        _items_by_user(user, item, time, split == TRAIN), cold_items)
+    data = PreparedData(catalog, users, items, train, valid, test,
+                        _items_by_user(user, item, time, (split <= VALID) & positive),
+                        _items_by_user(user, item, time, (split == TRAIN) & positive), cold_items)
     return data.with_features(config.features)
+
+
+def cold_item_indices(spec, catalog: Catalog) -> np.ndarray:
+    """Catalog indices of ``data.cold_items``: a seeded share of the catalog, named ids, or a file of ids."""
+    value = spec.cold_items
+    if isinstance(value, float):
+        return np.sort(np.random.default_rng(spec.seed).choice(
+            len(catalog.item_ids), int(round(value * len(catalog.item_ids))), replace=False))
+    if isinstance(value, str):
+        path = Path(value)
+        if path.suffix.lower() in (".csv", ".tsv", ".parquet"):
+            frame = read_table(path, "data.cold_items")
+            column = item_column(spec) if item_column(spec) in frame else frame.columns[0]
+            value = frame[column].dropna().astype(str).tolist()
+        elif path.is_file():
+            value = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            raise DataError(f"data.cold_items: {path} is neither a share of the catalog (a number), a list of ids, "
+                            "nor an existing file of ids")
+    unknown = [i for i in value if i not in catalog.item_index]
+    if unknown:
+        raise DataError(f"data.cold_items names {len(unknown)} item id(s) that are not in the catalog: "
+                        f"{unknown[:5]}")
+    return np.unique([catalog.item_index[i] for i in value]).astype(np.int64)
 
 
 def _items_by_user(user: np.ndarray, item: np.ndarray, time: np.ndarray | None,

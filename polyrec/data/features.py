@@ -8,6 +8,7 @@ with the same fitted vocabularies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -92,8 +93,8 @@ class FeatureEncoder:
 
     def _encode_multi(self, column: pd.Series, spec: FeatureSpec) -> np.ndarray:
         vocab, offset = self.vocab[spec.name], self.offsets[spec.name]
-        rows = [[MISSING] if pd.isna(cell) or str(cell) == "" else
-                [vocab.get(tok, OOV) for tok in str(cell).split(spec.sep)] for cell in column]
+        rows = [[vocab.get(tok, OOV) for tok in tokens] or [MISSING] for tokens in map(partial(cell_tokens, spec=spec),
+                                                                                       column)]
         out = np.full((len(rows), max(map(len, rows), default=1)), PAD, dtype=np.int64)
         for r, row in enumerate(rows):
             out[r, :len(row)] = np.asarray(row) + offset
@@ -118,4 +119,13 @@ class FeatureEncoder:
 
 
 def _tokens(column: pd.Series, spec: FeatureSpec) -> list[str]:
-    return [tok for cell in column.dropna().astype(str) for tok in cell.split(spec.sep) if tok]
+    return [tok for cell in column for tok in cell_tokens(cell, spec)]
+
+
+def cell_tokens(cell, spec: FeatureSpec) -> list[str]:
+    """The values of a multi-valued cell: a list (e.g. a Parquet list column) or text split by ``sep``."""
+    if isinstance(cell, (list, tuple, np.ndarray)):
+        return [str(v) for v in cell if not pd.isna(v) and str(v) != ""]
+    if pd.api.types.is_scalar(cell) and pd.isna(cell):
+        return []
+    return [tok for tok in str(cell).split(spec.sep) if tok]

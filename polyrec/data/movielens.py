@@ -66,6 +66,16 @@ def load_movielens_100k(cache_dir: str | Path | None = None, verbose: bool = Tru
     return _parse_recbole(recbole)
 
 
+def recbole_copy(cache_dir: str | Path | None = None) -> Path:
+    """The folder of the checksum-verified MovieLens-100K files of the ``recbole==1.2.1`` wheel
+    (what protocol ``ml100k-mt`` is built from), fetched from PyPI if not cached."""
+    folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "ml-100k-recbole"
+    if not _valid_recbole(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _fetch_recbole(folder)
+    return folder
+
+
 def _download(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read()

@@ -7,6 +7,7 @@ from typing import Callable
 import pandas as pd
 
 from polyrec.config import DataSpec
+from polyrec.data.ml100k_mt import load_ml100k_mt
 from polyrec.data.movielens import load_movielens_100k
 from polyrec.data.tables import Tables
 from polyrec.errors import ConfigError, DataError
@@ -14,6 +15,7 @@ from polyrec.errors import ConfigError, DataError
 # built-in datasets by the name ``data.dataset`` gives: each takes the data section, returns tables
 DATASETS: dict[str, Callable[[DataSpec], Tables]] = {
     "movielens-100k": lambda spec: load_movielens_100k(spec.cache_dir),
+    "ml100k-mt": lambda spec: load_ml100k_mt(spec.cache_dir),   # the reference rows, split given
 }
 
 
@@ -56,7 +58,21 @@ def load_tables(spec: DataSpec) -> Tables:
                               f"{sorted(DATASETS)}, or give data.interactions (a CSV/Parquet path)")
         return DATASETS[spec.dataset](spec)
     return Tables(
-        read_table(spec.interactions, "interactions"),
+        read_table(spec.interactions, "interactions") if spec.interactions else read_split_files(spec),
         read_table(spec.users, "users") if spec.users else None,
         read_table(spec.items, "items") if spec.items else None,
     )
+
+
+def read_split_files(spec: DataSpec) -> pd.DataFrame:
+    """``data.train``, ``valid`` and ``test`` as one interactions table, each row's file in the split column."""
+    frames = {name: read_table(getattr(spec, name), f"{name} rows") for name in ("train", "valid", "test")}
+    columns = list(frames["train"].columns)
+    for name, frame in frames.items():
+        if spec.split.column in frame.columns:
+            raise DataError(f"{name} rows file {getattr(spec, name)} has a column '{spec.split.column}', the name "
+                            "polyrec gives the split; rename it or set data.split.column")
+        if set(frame.columns) != set(columns):
+            raise DataError(f"{name} rows file {getattr(spec, name)} has columns {sorted(frame.columns)} but the "
+                            f"train file has {sorted(columns)}; give the three files the same columns")
+    return pd.concat([frame.assign(**{spec.split.column: name}) for name, frame in frames.items()], ignore_index=True)

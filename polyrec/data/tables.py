@@ -35,6 +35,7 @@ def _require_columns(df: pd.DataFrame, columns: list[str], table: str) -> None:
 
 
 def _ids(series: pd.Series, table: str, column: str) -> pd.Series:
+    _scalar_cells(series, table, column)
     if series.isna().any():
         rows = series.index[series.isna()]
         raise DataError(f"{table} table: column '{column}' has missing ids at rows {_examples(rows)}")
@@ -43,70 +44,105 @@ def _ids(series: pd.Series, table: str, column: str) -> pd.Series:
     return series.astype(str)
 
 
+NO_ITEM = "__item__"   # the item column of a dataset without items (data.item_col: null): one constant item
+SPLIT_NAMES = ("train", "valid", "test")
+_CONTAINERS = (list, tuple, set, dict, np.ndarray)
+
+
+def item_column(spec) -> str:
+    return spec.item_col or NO_ITEM
+
+
 def validate(tables: Tables, config: Config) -> Tables:
-    """Check ``tables`` against ``config`` and return normalized copies (string ids, numeric labels and time)."""
+    """Check ``tables`` against ``config`` and return normalized copies (string ids, numeric labels
+    and time; a dependent task's label is NaN where its parent's is 0: it does not exist there)."""
     spec = config.data
     inter = tables.interactions.copy()
     label_cols = list(dict.fromkeys(t.col for t in config.tasks))
-    need = [spec.user_col, spec.item_col, *label_cols]
-    if config.data.split.method != "random":
-        if spec.time_col is None:
-            raise DataError(f"split '{config.data.split.method}' needs data.time_col")
+    need = [spec.user_col, *([spec.item_col] if spec.item_col else []), *label_cols]
+    if spec.split.method in ("temporal", "leave_last_out"):
         need.append(spec.time_col)
+    if spec.split.given:
+        need.append(spec.split.column)
     _require_columns(inter, need, "interactions")
     if len(inter) == 0:
         raise DataError("interactions table is empty")
+    item_col = item_column(spec)
+    if spec.item_col is None:
+        inter[item_col] = "(none)"
     inter[spec.user_col] = _ids(inter[spec.user_col], "interactions", spec.user_col)
-    inter[spec.item_col] = _ids(inter[spec.item_col], "interactions", spec.item_col)
-    dup = inter.duplicated([spec.user_col, spec.item_col], keep=False)
-    if dup.any():
-        pairs = inter.loc[dup, [spec.user_col, spec.item_col]].drop_duplicates().itertuples(index=False)
-        raise DataError(f"interactions table: duplicate (user, item) pairs in columns '{spec.user_col}', "
-                        f"'{spec.item_col}': {_examples(map(tuple, pairs))} at rows {_examples(inter.index[dup])}; "
-                        "aggregate repeated interactions into one row per pair first")
+    inter[item_col] = _ids(inter[item_col], "interactions", item_col)
+    if spec.split.given:
+        inter[spec.split.column] = _split_names(inter[spec.split.column])
+    else:   # given rows may repeat a pair (pre-drawn negatives); derived splits need one row per pair
+        dup = inter.duplicated([spec.user_col, item_col], keep=False)
+        if dup.any():
+            pairs = inter.loc[dup, [spec.user_col, item_col]].drop_duplicates().itertuples(index=False)
+            raise DataError(f"interactions table: duplicate (user, item) pairs in columns '{spec.user_col}', "
+                            f"'{item_col}': {_examples(map(tuple, pairs))} at rows {_examples(inter.index[dup])}; "
+                            "aggregate repeated interactions into one row per pair first (or give the split "
+                            "with the rows: data.split.method column)")
     if spec.time_col is not None and spec.time_col in inter:
         inter[spec.time_col] = _time(inter[spec.time_col])
-
-    tasks = {t.name: t for t in config.tasks}
-    for task in config.tasks:
-        inter[task.col] = _label(inter[task.col], task.col)
-    for task in config.tasks:
-        values = inter[task.col]
-        missing = values.isna()
-        if task.depends_on is not None:
-            missing &= inter[tasks[task.depends_on].col] != 0
-        if missing.any():
-            raise DataError(f"interactions table: label '{task.col}' (task '{task.name}') is NaN at rows "
-                            f"{_examples(inter.index[missing])}"
-                            + ("" if task.depends_on else "; only a task with depends_on may lack labels, and only "
-                               "where its parent label is 0"))
-        if task.kind == "binary":
-            bad = values.notna() & ~values.isin([0.0, 1.0])
-            if bad.any():
-                raise DataError(f"interactions table: binary label '{task.col}' must be 0 or 1, found "
-                                f"{_examples(values[bad].unique())} at rows {_examples(inter.index[bad])}")
-        else:
-            infinite = values.notna() & ~np.isfinite(values)
-            if infinite.any():
-                raise DataError(f"interactions table: regression label '{task.col}' is infinite at rows "
-                                f"{_examples(inter.index[infinite])}")
-        if task.depends_on is not None and task.kind == "binary":
-            parent = tasks[task.depends_on].col
-            orphan = (values > 0) & (inter[parent] == 0)
-            if orphan.any():
-                raise DataError(f"interactions table: label '{task.col}' (task '{task.name}') is positive where its "
-                                f"parent label '{parent}' is 0, at rows {_examples(inter.index[orphan])}; a "
-                                f"'{task.name}' can only happen after a '{task.depends_on}': fix those rows, or "
-                                f"leave '{task.col}' empty there")
+    inter = validate_labels(inter, config, "interactions")
     for label in config.data.negatives.labels:
         if label not in label_cols:
             raise DataError(f"data.negatives.labels: '{label}' is not the label column of any task {label_cols}")
 
     users = _side(tables.users, spec.user_col, "users", inter[spec.user_col], config, "user")
-    items = _side(tables.items, spec.item_col, "items", inter[spec.item_col], config, "item")
+    items = _side(tables.items, item_col, "items", inter[item_col], config, "item")
     if spec.title_col is not None and spec.title_col not in items.columns:
         raise DataError(f"items table: title column '{spec.title_col}' not found; it has {list(items.columns)}")
     return Tables(inter.reset_index(drop=True), users, items)
+
+
+def validate_labels(frame: pd.DataFrame, config: Config, table: str) -> pd.DataFrame:
+    """``frame`` with every task's label column numeric and checked (see :func:`validate`)."""
+    frame = frame.copy()
+    tasks = {t.name: t for t in config.tasks}
+    for task in config.tasks:
+        frame[task.col] = _label(frame[task.col], task.col, table)
+    for task in config.tasks:
+        values = frame[task.col]
+        missing = values.isna()
+        if task.depends_on is not None:
+            missing &= frame[tasks[task.depends_on].col] != 0
+        if missing.any():
+            raise DataError(f"{table} table: label '{task.col}' (task '{task.name}') is NaN at rows "
+                            f"{_examples(frame.index[missing])}"
+                            + ("" if task.depends_on else "; only a task with depends_on may lack labels, and only "
+                               "where its parent label is 0"))
+        if task.kind == "binary":
+            bad = values.notna() & ~values.isin([0.0, 1.0])
+            if bad.any():
+                raise DataError(f"{table} table: binary label '{task.col}' must be 0 or 1, found "
+                                f"{_examples(values[bad].unique())} at rows {_examples(frame.index[bad])}")
+        else:
+            infinite = values.notna() & ~np.isfinite(values)
+            if infinite.any():
+                raise DataError(f"{table} table: regression label '{task.col}' is infinite at rows "
+                                f"{_examples(frame.index[infinite])}")
+        if task.depends_on is not None and task.kind == "binary":
+            parent = tasks[task.depends_on].col
+            orphan = (values > 0) & (frame[parent] == 0)
+            if orphan.any():
+                raise DataError(f"{table} table: label '{task.col}' (task '{task.name}') is positive where its "
+                                f"parent label '{parent}' is 0, at rows {_examples(frame.index[orphan])}; a "
+                                f"'{task.name}' can only happen after a '{task.depends_on}': fix those rows, or "
+                                f"leave '{task.col}' empty there")
+    for task in config.tasks:   # the child does not exist where its parent did not happen
+        if task.depends_on is not None:
+            frame.loc[frame[tasks[task.depends_on].col] == 0, task.col] = np.nan
+    return frame
+
+
+def _split_names(series: pd.Series) -> pd.Series:
+    names = series.astype(str).str.strip().str.lower()
+    bad = ~names.isin(SPLIT_NAMES) | series.isna()
+    if bad.any():
+        raise DataError(f"interactions table: split column '{series.name}' must hold train, valid or test; found "
+                        f"{_examples(series[bad].astype(str).unique())} at rows {_examples(series.index[bad])}")
+    return names
 
 
 def _time(series: pd.Series) -> pd.Series:
@@ -123,13 +159,16 @@ def _time(series: pd.Series) -> pd.Series:
     return numeric
 
 
-def _label(series: pd.Series, column: str) -> pd.Series:
+def _label(series: pd.Series, column: str, table: str) -> pd.Series:
     if pd.api.types.is_bool_dtype(series):
         return series.astype(np.float32)
-    numeric = pd.to_numeric(series, errors="coerce")
+    try:
+        numeric = pd.to_numeric(series, errors="coerce")
+    except TypeError:   # cells that are lists, dicts, ...
+        numeric = pd.Series(np.nan, index=series.index)
     bad = numeric.isna() & series.notna()
     if bad.any():
-        raise DataError(f"interactions table: label '{column}' must be numeric, found "
+        raise DataError(f"{table} table: label '{column}' must be numeric, found "
                         f"{_examples(series[bad].unique())} at rows {_examples(series.index[bad])}")
     return numeric.astype(np.float32)
 
@@ -153,7 +192,24 @@ def _side(df: pd.DataFrame | None, key: str, table: str, used_ids: pd.Series, co
     if unknown:
         raise DataError(f"interactions reference {len(unknown)} {source} id(s) missing from the {table} table's "
                         f"'{key}' column: {_examples(sorted(unknown))}")
+    for feat in config.features:
+        if feat.source == source and feat.col != key:
+            _scalar_cells(df[feat.col], table, feat.col, lists=feat.kind == "multi")
     return numeric_features(df, table, config, source).reset_index(drop=True)
+
+
+def _scalar_cells(series: pd.Series, table: str, column: str, lists: bool = False) -> None:
+    """Cells are single values (or, with ``lists``, a list of single values: a multi-valued feature)."""
+    def bad(cell) -> bool:
+        if lists and isinstance(cell, (list, tuple, np.ndarray)):
+            return any(isinstance(v, _CONTAINERS) for v in cell)
+        return isinstance(cell, _CONTAINERS)
+    wrong = series.map(bad).astype(bool)
+    if wrong.any():
+        row = wrong.idxmax()
+        kind = "a single value or a list of single values" if lists else "a single value"
+        raise DataError(f"{table} table: column '{column}' must hold {kind} per cell; row {row} holds "
+                        f"{type(series[row]).__name__} {str(series[row])[:60]}")
 
 
 def numeric_features(df: pd.DataFrame, table: str, config: Config, source: str) -> pd.DataFrame:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import string
 
+import numpy as np
 import pandas as pd
 
 from polyrec.errors import DataError
@@ -12,6 +13,13 @@ def template_fields(template: str) -> list[str]:
     return [field for _, field, _, _ in string.Formatter().parse(template) if field]
 
 
+def as_text(value) -> str:
+    """A cell as template text: a list as "a, b, c", a missing value as ""."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(as_text(v) for v in value)
+    return "" if pd.api.types.is_scalar(value) and pd.isna(value) else str(value)
+
+
 def render(template: str, frame: pd.DataFrame, where: str) -> list[str]:
     """One text per row; a missing value renders as an empty string, never as 'nan'."""
     fields = template_fields(template)
@@ -19,5 +27,5 @@ def render(template: str, frame: pd.DataFrame, where: str) -> list[str]:
     if missing:
         raise DataError(f"{where} uses column(s) {missing} that the table lacks; its columns are "
                         f"{list(frame.columns)}")
-    values = {f: frame[f].astype(object).where(frame[f].notna(), "").astype(str).tolist() for f in fields}
+    values = {f: [as_text(v) for v in frame[f]] for f in fields}
     return [" ".join(template.format(**{f: values[f][r] for f in fields}).split()) for r in range(len(frame))]
