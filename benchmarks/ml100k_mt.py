@@ -1,10 +1,15 @@
-"""Benchmark protocol "ml100k-mt" (see DESIGN.md): quality per architecture, and training
-speed against torch-rechub 0.9.0 measured in the same run on the same data.
+"""Benchmark protocol "ml100k-mt" on the reference rows: quality per architecture over 3 model
+seeds, next to torch-rechub 0.9.0 and DeepCTR-Torch 0.3.0 on the very same rows, and training
+speed against torch-rechub measured in the same run.
 
     python benchmarks/ml100k_mt.py [--models single,sharedbottom,mmoe,ple,mmoe_esmm]
-                                   [--max-epochs N] [--out DIR] [--no-rechub]
+                                   [--seeds 2024,2025,2026] [--max-epochs N] [--out DIR] [--no-rechub]
 
-Writes DIR/ml100k_mt.json and DIR/ml100k_mt.md (default DIR: benchmarks/results/).
+The rows (train/valid/test with their pre-drawn negatives) come from the built-in dataset
+``ml100k-mt`` (configs/ml100k_mt.yaml), whose content hashes are those of the reference runs;
+they are recorded in the JSON. "Seeds" are train.seed: the rows are fixed. Runs are written to
+DIR/ml100k_mt.json as they finish and skipped when already there (re-running resumes; --fresh
+starts over). DIR/ml100k_mt.md has the table.
 """
 from __future__ import annotations
 
@@ -20,23 +25,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import load_prepared, protocol_config, select_tasks, training_steps
+from common import flat_metrics, protocol_config, select_tasks, training_steps
 
-from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
-from polyrec.data.dataset import PreparedData, Samples
+from polyrec.data.dataset import PreparedData, Samples, prepare
+from polyrec.data.ml100k_mt import rows_sha256
+from polyrec.data.sources import load_tables
 from polyrec.evaluate.evaluator import predict_logits
 from polyrec.models.network import MultiTaskModel
 from polyrec.recommender import MultiTaskRecommender
 
-# Best of torch-rechub 0.9.0 and DeepCTR-Torch 0.3.0 on this protocol (DESIGN.md / issue #2).
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ml100k_mt.yaml"
+METRICS = ["watch_auc", "like_auc", "ctcvr_auc", "watch_recall@10", "watch_ndcg@10", "like_recall@10",
+           "like_ndcg@10"]
+# torch-rechub 0.9.0 and DeepCTR-Torch 0.3.0 on these rows, same features and settings (issue #14)
 REFERENCE = {
-    "sharedbottom": {"watch": 0.8470, "like": 0.8061, "ctcvr": 0.8712},
-    "mmoe": {"watch": 0.8409, "like": 0.8074, "ctcvr": 0.8707},
-    "ple": {"watch": 0.8448, "like": 0.8029, "ctcvr": 0.8700},
-    "esmm": {"watch": 0.8458, "like": 0.8005, "ctcvr": 0.8711},
-    "best": {"watch": 0.8470, "like": 0.8074, "ctcvr": 0.8712, "watch_ndcg@10": 0.1288, "like_ndcg@10": 0.1208},
+    "mmoe": {"torch-rechub": [0.8351, 0.7960, 0.8657, 0.1115, 0.0945], "DeepCTR-Torch": [0.8409, 0.8074, 0.8707, 0.1224, 0.1117]},
+    "ple": {"torch-rechub": [0.8304, 0.7941, 0.8607, 0.1073, 0.0898], "DeepCTR-Torch": [0.8448, 0.8029, 0.8700, 0.1288, 0.1208]},
+    "sharedbottom": {"torch-rechub": [0.8364, 0.7930, 0.8660, 0.1054, 0.1030],
+                     "DeepCTR-Torch": [0.8470, 0.8061, 0.8712, 0.1259, 0.1119]},
+    "mmoe_esmm": {"torch-rechub": [0.8458, 0.8005, 0.8706, 0.1281, 0.1133],
+                  "DeepCTR-Torch": [0.8447, 0.7996, 0.8711, 0.1243, 0.1073]},
 }
+REFERENCE_METRICS = ["watch_auc", "like_auc", "ctcvr_auc", "watch_ndcg@10", "like_ndcg@10"]
 TIMED_SAMPLES = 150 * 1024  # per speed measurement, after a warm-up of 10 batches
 
 
@@ -52,21 +63,36 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_quality(cfg: Config, data: PreparedData, name: str) -> dict:
+def run_quality(cfg: Config, data: PreparedData, key: str) -> dict:
     start = time.perf_counter()
     rec = MultiTaskRecommender(cfg).fit_prepared(data)
     seconds = time.perf_counter() - start
-    test = rec.evaluate(ranking=True)
     result = rec.result
+    test = flat_metrics(rec.evaluate(ranking=True), cfg)
     row = {"test": test, "valid_mean_auc": result.history[result.best_epoch - 1]["valid_mean_auc"],
            "params": rec.model.n_parameters(), "epochs": result.epochs, "best_epoch": result.best_epoch,
            "train_seconds": round(seconds, 1), "train_samples_per_s": round(result.train_samples_per_s),
            "infer_samples_per_s": round(inference_rate(rec.model, data.test.samples))}
-    print(f"{name:>14}: watch {test['watch']['auc']:.4f} like {test['like']['auc']:.4f} "
-          f"ctcvr {test['ctcvr']['auc']:.4f} ndcg@10 {test['ranking']['watch']['ndcg@10']:.4f}/"
-          f"{test['ranking']['like']['ndcg@10']:.4f} | {result.epochs} epochs {seconds:.0f}s "
-          f"{row['train_samples_per_s']:,} samples/s", flush=True)
+    print(f"{key:>20}: watch {test['watch_auc']:.4f} like {test['like_auc']:.4f} ctcvr {test['ctcvr_auc']:.4f} "
+          f"ndcg@10 {test['watch_ndcg@10']:.4f}/{test['like_ndcg@10']:.4f} | {result.epochs} epochs "
+          f"{seconds:.0f}s {row['train_samples_per_s']:,} samples/s", flush=True)
     return row
+
+
+def summarize(runs: dict, models: list[str], seeds: list[int]) -> dict:
+    summary = {}
+    for name in models:
+        done = [runs[f"{name}/{seed}"] for seed in seeds if f"{name}/{seed}" in runs]
+        if not done:
+            continue
+        metrics = {m: [r["test"][m] for r in done] for m in done[0]["test"]}
+        summary[name] = {"mean": {m: round(statistics.fmean(v), 4) for m, v in metrics.items()},
+                         "std": {m: round(statistics.stdev(v), 4) if len(v) > 1 else 0.0 for m, v in metrics.items()},
+                         "seeds": len(done), "epochs": [r["epochs"] for r in done],
+                         "params": done[0]["params"],
+                         "train_samples_per_s": round(statistics.median(r["train_samples_per_s"] for r in done)),
+                         "infer_samples_per_s": round(statistics.median(r["infer_samples_per_s"] for r in done))}
+    return summary
 
 
 # ------------------------------------------------------------------ speed vs torch-rechub
@@ -136,57 +162,79 @@ def run_speed(base: Config, data: PreparedData, archs: list[str], rounds: int = 
 
 # ------------------------------------------------------------------ report
 def markdown(result: dict) -> str:
-    lines = ["| model | watch AUC | like AUC | CTCVR AUC | rating RMSE | watch R@10 | watch N@10 | like R@10 | "
-             "like N@10 | params | epochs | train samples/s | infer samples/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in result["models"].items():
-        t = r["test"]
-        rmse = f"{t['rating']['rmse']:.4f}" if "rating" in t else "–"
-        lines.append(f"| {name} | {t['watch']['auc']:.4f} | {t['like']['auc']:.4f} | {t['ctcvr']['auc']:.4f} | {rmse} "
-                     f"| {t['ranking']['watch']['recall@10']:.4f} | {t['ranking']['watch']['ndcg@10']:.4f} "
-                     f"| {t['ranking']['like']['recall@10']:.4f} | {t['ranking']['like']['ndcg@10']:.4f} "
-                     f"| {r['params']:,} | {r['epochs']} | {r['train_samples_per_s']:,} | "
-                     f"{r['infer_samples_per_s']:,} |")
-    ref = REFERENCE["best"]
-    lines.append(f"| *reference best (torch-rechub / DeepCTR-Torch)* | {ref['watch']:.4f} | {ref['like']:.4f} | "
-                 f"{ref['ctcvr']:.4f} | – | 0.1078 | {ref['watch_ndcg@10']:.4f} | 0.1334 | {ref['like_ndcg@10']:.4f} "
-                 "| | | | |")
+    def cell(name: str, metric: str) -> str:
+        mean, std = result["summary"][name]["mean"][metric], result["summary"][name]["std"][metric]
+        return f"{mean:.4f} ± {std:.4f}"
+
+    lines = ["| model | watch AUC | like AUC | CTCVR AUC | watch R@10 | watch N@10 | like R@10 | like N@10 | seeds | "
+             "train samples/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in result["summary"].items():
+        lines.append(f"| polyrec {name} | " + " | ".join(cell(name, m) for m in METRICS)
+                     + f" | {row['seeds']} | {row['train_samples_per_s']:,} |")
+        for library, values in REFERENCE.get(name, {}).items():
+            ref = dict(zip(REFERENCE_METRICS, values))
+            lines.append(f"| *{library} {name}* | " + " | ".join(f"{ref[m]:.4f}" if m in ref else "–" for m in METRICS)
+                         + " | | |")
+    lines += ["", f"Rows: the reference rows (content sha256 train {result['rows_sha256']['train'][:12]}…, valid "
+              f"{result['rows_sha256']['valid'][:12]}…, test {result['rows_sha256']['test'][:12]}…); "
+              f"polyrec seeds {result['seeds']} (mean ± std); reference libraries as reported for these rows."]
     if result.get("speed"):
         lines += ["", "| training speed (same run, same data, batch 1024, float32) | polyrec samples/s | "
                   "torch-rechub 0.9.0 samples/s | speedup |", "|---|---|---|---|"]
-        for arch, s in result["speed"].items():
-            lines.append(f"| {arch} | {s['polyrec_samples_per_s']:,} | {s['rechub_samples_per_s']:,} | "
-                         f"{s['speedup']}× |")
+        for arch, sp in result["speed"].items():
+            lines.append(f"| {arch} | {sp['polyrec_samples_per_s']:,} | {sp['rechub_samples_per_s']:,} | "
+                         f"{sp['speedup']}× |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="single,sharedbottom,mmoe,ple,mmoe_esmm")
+    parser.add_argument("--seeds", default="2024,2025,2026")
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--tasks", default="watch,like",
                         help="tasks of the config to train (add ',rating' for the optional regression task)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="config override applied to every model, e.g. model.dropout=0.2")
     parser.add_argument("--no-rechub", action="store_true", help="skip the torch-rechub speed comparison")
+    parser.add_argument("--fresh", action="store_true", help="ignore the runs already in the JSON")
     args = parser.parse_args(argv)
+    models, seeds = args.models.split(","), [int(s) for s in args.seeds.split(",")]
 
     base = select_tasks(Config.from_yaml(args.config, args.overrides), args.tasks.split(","))
     torch.set_num_threads(base.train.threads or 2)
-    data = load_prepared(base)
-    result = {"protocol": "ml100k-mt", "machine": {"cpu_threads": torch.get_num_threads(), "cores": os.cpu_count(),
-                                                  "python": platform.python_version(), "torch": torch.__version__},
-              "settings": {"max_epochs": args.max_epochs, "config": str(args.config.name), "tasks": args.tasks,
-                           "overrides": args.overrides}, "models": {}}
-    for name in args.models.split(","):
-        result["models"][name] = run_quality(protocol_config(base, name, args.max_epochs), data, name)
+    tables = load_tables(base.data)
+    data = prepare(tables, base)
+    path = args.out / "ml100k_mt.json"
+    settings = {"max_epochs": args.max_epochs, "config": args.config.name, "tasks": args.tasks,
+                "overrides": args.overrides}
+    saved = json.loads(path.read_text()) if path.exists() and not args.fresh else {}
+    runs = saved.get("runs", {}) if saved.get("settings") == settings else {}
+    result = {"protocol": "ml100k-mt (reference rows)", "rows_sha256": rows_sha256(tables), "seeds": seeds,
+              "settings": settings, "machine": {"cpu_threads": torch.get_num_threads(), "cores": os.cpu_count(),
+                                                "python": platform.python_version(), "torch": torch.__version__},
+              "reference": {name: {lib: dict(zip(REFERENCE_METRICS, v)) for lib, v in libs.items()}
+                            for name, libs in REFERENCE.items()},
+              "speed": saved.get("speed", {}), "runs": runs}
+
+    def write() -> None:
+        result["summary"] = summarize(runs, models, seeds)
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / "ml100k_mt.md").write_text(markdown(result))
+
+    for seed in seeds:
+        for name in models:
+            key = f"{name}/{seed}"
+            if key not in runs:
+                runs[key] = run_quality(protocol_config(base, name, args.max_epochs).with_overrides(
+                    [f"train.seed={seed}"]), data, key)
+                write()
     if not args.no_rechub:
         result["speed"] = run_speed(base, data, ["mmoe", "sharedbottom"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ml100k_mt.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "ml100k_mt.md").write_text(markdown(result))
+    write()
     print(markdown(result))
 
 

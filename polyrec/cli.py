@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -55,7 +56,7 @@ def print_task_table(metrics: dict) -> None:
     for col in ("task", "metric", "valid", "test"):
         table.add_column(col, justify="left" if col in ("task", "metric") else "right")
     for task, values in metrics["test"].items():
-        if task == "ranking":
+        if task in ("ranking", "cold_items", "notes"):
             continue
         for metric, value in values.items():
             if metric != "rows":
@@ -76,9 +77,15 @@ def print_ranking_table(ranking: dict) -> None:
 
 
 def print_results(metrics: dict) -> None:
+    test = metrics["test"]
     print_task_table(metrics)
-    if "ranking" in metrics["test"]:
-        print_ranking_table(metrics["test"]["ranking"])
+    if "ranking" in test:
+        print_ranking_table(test["ranking"])
+    if "cold_items" in test:
+        console.print(Text("the same on the cold items' rows (items held out of training):"))
+        print_results({"valid": {}, "test": test["cold_items"]})
+    for key, reason in test.get("notes", {}).items():
+        console.print(Text(f"note: {key} left out: {reason}"))
 
 
 def print_recommendations(user: str, items: list[dict], score_names: list[str], verb: str) -> None:
@@ -151,19 +158,51 @@ def distill(teacher: Path = typer.Option(..., "--teacher", "-t", help="run direc
 @app.command()
 @_guarded
 def evaluate(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
+             data: Optional[Path] = typer.Option(None, "--data", help="labelled rows (CSV/Parquet) to evaluate "
+                                                 "instead of the run's test split"),
              as_json: bool = typer.Option(False, "--json", help="print metrics as JSON")):
-    """Recompute the test metrics from a run directory's bundle."""
+    """Metrics per task and full-catalog ranking, on the run's test split or on given rows."""
+    from polyrec.data.sources import read_table
     from polyrec.recommender import MultiTaskRecommender
     from polyrec.serve.bundle import read_json
 
     with errors.status(f"loading {escape(str(run_dir))} ..."):
         rec = MultiTaskRecommender.load(run_dir)
-    metrics = rec.evaluate(progress=True)
+        rows = read_table(data, "evaluation rows") if data is not None else None
+    metrics = rec.evaluate(rows, progress=True)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
-    saved = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    saved = read_json(run_dir / "metrics.json") if data is None and (run_dir / "metrics.json").exists() else {}
     print_results({"valid": saved.get("valid", {}) if isinstance(saved, dict) else {}, "test": metrics})
+
+
+@app.command()
+@_guarded
+def predict(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
+            data: Path = typer.Option(..., "--data", help="rows to score (CSV/Parquet with the user and item columns)"),
+            out: Path = typer.Option(..., "--out", "-o", help="where the scores go (.parquet or .csv; a new file)")):
+    """Score given rows: every task's score added to each row as <name>_score."""
+    from polyrec.data.sources import read_table
+    from polyrec.recommender import MultiTaskRecommender
+
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise DataError(f"--out {out}: give a .parquet or .csv file name")
+    if out.exists():
+        raise DataError(f"--out {out} already exists; polyrec does not replace files it did not write: choose a new "
+                        "name or remove it")
+    rec = MultiTaskRecommender.load(run_dir)
+    scores = rec.predict_rows(read_table(data, "rows to score"), progress=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        (scores.to_parquet if out.suffix.lower() == ".parquet" else scores.to_csv)(partial, index=False)
+        os.link(partial, out)   # unlike a rename, never replaces a file that appeared meanwhile
+    except FileExistsError:
+        raise DataError(f"--out {out} appeared while scoring; polyrec does not replace it") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    errors.print(Text(f"{len(scores):,} rows scored: {out}"))
 
 
 def _json_rows(value: str, option: str) -> pd.DataFrame:

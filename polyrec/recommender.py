@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from polyrec.config import Config
-from polyrec.data.dataset import PreparedData, prepare
+from polyrec.data.dataset import EvalData, PreparedData, Samples, prepare
 from polyrec.data.features import EncodedSide
 from polyrec.data.sources import load_tables
-from polyrec.data.tables import Tables, new_rows
+from polyrec.data.tables import Tables, ids, new_rows, validate_labels
 from polyrec.errors import DataError, RunError
 from polyrec.evaluate.evaluator import evaluate, predict_logits
 from polyrec.models.layers import FeatureTables
@@ -97,15 +98,84 @@ class MultiTaskRecommender:
         return self.model
 
     # --------------------------------------------------------------- evaluation
-    def evaluate(self, ranking: bool | None = None, progress: bool = False) -> dict:
-        """Test-split metrics per task, per joint task and (optionally) full-catalog ranking."""
+    def evaluate(self, rows: pd.DataFrame | None = None, ranking: bool | None = None, progress: bool = False) -> dict:
+        """Metrics per task and per joint task and (``eval.ranking``) full-catalog ranking, on the
+        test split or on the labelled ``rows`` given (user, item and label columns). Ranking scores
+        every item a user has not interacted with in the run's train and valid periods, against
+        the evaluated rows' interactions. With cold items (``data.cold_items``) their rows are also
+        reported apart, under ``cold_items``. Metrics that do not apply are left out, and
+        ``notes`` says why."""
         model = self._require_model()
-        if self.test is None:
+        data = self.test if rows is None else self._eval_rows(rows)
+        if data is None:
             raise RunError("this run directory has no test split (eval/test is missing); restore it or train "
                            "the run again to evaluate it")
         ranking = self.config.eval.ranking if ranking is None else ranking
-        return evaluate(model, self.objective, self.test, len(self.catalog.item_ids), self.config.eval.ks, ranking,
-                        progress)
+        notes = {}
+        if ranking and self.config.data.item_col is None:
+            ranking, notes["ranking"] = False, "the dataset has no items (data.item_col is null): nothing to rank"
+        n_items, ks = len(self.catalog.item_ids), self.config.eval.ks
+        out = evaluate(model, self.objective, data, n_items, ks, ranking, progress)
+        if self.catalog.cold_item_ids:
+            cold = np.array([self.catalog.item_index[i] for i in self.catalog.cold_item_ids])
+            out["cold_items"] = evaluate(model, self.objective, data.restrict_items(cold), n_items, ks, ranking)
+        if notes:
+            out["notes"] = {**out.get("notes", {}), **notes}
+        return out
+
+    def _eval_rows(self, rows: pd.DataFrame) -> EvalData:
+        """Given labelled rows as a split: interactions are the rows whose root task is positive, and
+        the run's own train and valid interactions are excluded from ranking."""
+        missing = [t.col for t in self.config.tasks if t.col not in rows]
+        if missing:
+            raise DataError(f"evaluation rows: missing label column(s) {missing}; the run was trained on the tasks "
+                            f"{[(t.name, t.col) for t in self.config.tasks]}")
+        samples = self._samples(validate_labels(rows.reset_index(drop=True), self.config, "evaluation rows"))
+        root = next((t for t, task in enumerate(self.config.tasks)
+                     if task.kind == "binary" and task.depends_on is None), None)
+        positive = samples.labels[:, root] == 1 if root is not None else torch.ones(len(samples), dtype=torch.bool)
+        seen_user = np.concatenate([np.full(len(v), u) for u, v in self.history.items()] or [np.zeros(0, np.int64)])
+        seen_item = np.concatenate([*self.history.values()] or [np.zeros(0, np.int64)])
+        return EvalData(samples, samples.subset(positive), torch.from_numpy(seen_user), torch.from_numpy(seen_item))
+
+    def _samples(self, rows: pd.DataFrame) -> Samples:
+        """``rows`` (user, item and, where present, label columns) as catalog indices; ids the run
+        does not know are an error naming the rows."""
+        spec = self.config.data
+        columns = [spec.user_col] + ([spec.item_col] if spec.item_col else [])
+        missing = [c for c in columns if c not in rows]
+        if missing:
+            raise DataError(f"rows: missing column(s) {missing}; the run reads users from '{spec.user_col}'"
+                            + (f" and items from '{spec.item_col}'" if spec.item_col else ""))
+        index = {}
+        for column, known, what in ((spec.user_col, self.catalog.user_index, "users"),
+                                    (spec.item_col, self.catalog.item_index, "items")):
+            if column is None:
+                index[what] = np.zeros(len(rows), np.int64)
+                continue
+            mapped = ids(rows[column], "rows", column).map(known)
+            unknown = mapped.isna()
+            if unknown.any():
+                raise DataError(f"rows: column '{column}' names {int(unknown.sum())} {what} the run does not know, "
+                                f"e.g. {rows.loc[unknown, column].astype(str).unique()[:3].tolist()} at rows "
+                                f"{rows.index[unknown][:5].tolist()}; add them first (add_{what}) or leave those "
+                                "rows out")
+            index[what] = np.array(mapped, dtype=np.int64)
+        labels = np.stack([rows[t.col].to_numpy(np.float32) if t.col in rows else np.full(len(rows), np.nan, np.float32)
+                           for t in self.config.tasks], 1)
+        return Samples(torch.from_numpy(index["users"]), torch.from_numpy(index["items"]), torch.from_numpy(labels))
+
+    def predict_rows(self, rows: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+        """``rows`` (any columns, with the user and item columns) with every task's score added as
+        ``<name>_score``, scored in batches."""
+        model = self._require_model()
+        samples = self._samples(rows.reset_index(drop=True))
+        batch = 65536
+        logits = torch.cat([predict_logits(model, samples.user[a:a + batch], samples.item[a:a + batch])
+                            for a in tqdm(range(0, len(samples), batch), desc="scoring", unit="batch",
+                                          disable=not progress, leave=False)]) if len(samples) else torch.empty(0)
+        scores = self.objective.scores(logits.view(len(samples), len(self.config.tasks)))
+        return rows.reset_index(drop=True).assign(**{f"{name}_score": v.numpy() for name, v in scores.items()})
 
     def _user_index(self, user) -> int:
         index = self.catalog.user_index.get(str(user))
@@ -137,6 +207,9 @@ class MultiTaskRecommender:
         lists up to ``explain`` of the user's earlier items closest to it in the language
         model's space (``because``)."""
         model = self._require_model()
+        if self.config.data.item_col is None:
+            raise DataError("this run's dataset has no items (data.item_col is null): there is nothing to recommend; "
+                            "score users with predict_rows (polyrec predict) instead")
         if k < 1:
             raise DataError(f"k must be at least 1, got {k}")
         u = self._user_index(user)

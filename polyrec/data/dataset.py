@@ -5,7 +5,7 @@ gathers (user rows, item rows) inside the model, with no per-row Python work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,7 @@ class Catalog:
     user_ids: list[str]
     item_ids: list[str]
     titles: list[str]
+    cold_item_ids: list[str] = field(default_factory=list)   # held out of training (data.cold_items)
 
     def __post_init__(self):
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
@@ -105,7 +106,8 @@ class Catalog:
         self.item_index.update({u: len(self.item_index) + k for k, u in enumerate(ids)})
 
     def to_json(self) -> dict:
-        return {"user_ids": self.user_ids, "item_ids": self.item_ids, "titles": self.titles}
+        return {"user_ids": self.user_ids, "item_ids": self.item_ids, "titles": self.titles,
+                "cold_item_ids": self.cold_item_ids}
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
         positive = np.ones(len(inter), bool)
     interacted = np.unique(user[positive] * len(catalog.item_ids) + item[positive])
     cold_items = cold_item_indices(spec, catalog)
+    catalog.cold_item_ids = [catalog.item_ids[i] for i in cold_items]
     held_out = np.isin(item, cold_items) & (split != TEST)
     user, item, time, labels, split, positive = (a[~held_out] if a is not None else None
                                                  for a in (user, item, time, labels, split, positive))

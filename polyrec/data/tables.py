@@ -34,7 +34,8 @@ def _require_columns(df: pd.DataFrame, columns: list[str], table: str) -> None:
         raise DataError(f"{table} table: missing column(s) {missing}; it has {list(df.columns)}")
 
 
-def _ids(series: pd.Series, table: str, column: str) -> pd.Series:
+def ids(series: pd.Series, table: str, column: str) -> pd.Series:
+    """Ids as text (1.0 → \"1\"), none missing: what the catalog is keyed by."""
     _scalar_cells(series, table, column)
     if series.isna().any():
         rows = series.index[series.isna()]
@@ -70,8 +71,8 @@ def validate(tables: Tables, config: Config) -> Tables:
     item_col = item_column(spec)
     if spec.item_col is None:
         inter[item_col] = "(none)"
-    inter[spec.user_col] = _ids(inter[spec.user_col], "interactions", spec.user_col)
-    inter[item_col] = _ids(inter[item_col], "interactions", item_col)
+    inter[spec.user_col] = ids(inter[spec.user_col], "interactions", spec.user_col)
+    inter[item_col] = ids(inter[item_col], "interactions", item_col)
     if spec.split.given:
         inter[spec.split.column] = _split_names(inter[spec.split.column])
     else:   # given rows may repeat a pair (pre-drawn negatives); derived splits need one row per pair
@@ -183,7 +184,7 @@ def _side(df: pd.DataFrame | None, key: str, table: str, used_ids: pd.Series, co
         return pd.DataFrame({key: sorted(used_ids.unique())})
     _require_columns(df, [key, *columns], table)
     df = df.copy()
-    df[key] = _ids(df[key], table, key)
+    df[key] = ids(df[key], table, key)
     dup = df[key].duplicated(keep=False)
     if dup.any():
         raise DataError(f"{table} table: duplicate ids in '{key}': {_examples(df.loc[dup, key].unique())} at rows "
@@ -243,7 +244,7 @@ def new_rows(frame, config: Config, source: str) -> pd.DataFrame:
         raise DataError(f"{table}: give a non-empty table (JSON object or list of objects) with a '{key}' column")
     _require_columns(frame, [key], table)
     frame = frame.reset_index(drop=True)
-    frame[key] = _ids(frame[key], table, key)
+    frame[key] = ids(frame[key], table, key)
     known = {key, *(f.col for f in config.features if f.source == source)}
     text = config.text
     template = text and (text.user_template if source == "user" else text.item_template)

@@ -40,6 +40,20 @@ def evaluate_pointwise(model, objective: Objective, samples: Samples) -> dict[st
     return out
 
 
+UNDEFINED = {"auc": "these rows hold one class only", "gauc": "no user has both a positive and a negative label here",
+             "logloss": "no labelled rows", "rmse": "no labelled rows", "mae": "no labelled rows"}
+
+
+def leave_out_undefined(metrics: dict) -> dict[str, str]:
+    """Remove metrics that are undefined on the evaluated rows (NaN); returns why, by ``task.metric``."""
+    notes = {}
+    for task, values in metrics.items():
+        for name in [m for m, v in values.items() if isinstance(v, float) and np.isnan(v)]:
+            del values[name]
+            notes[f"{task}.{name}"] = UNDEFINED.get(name, "undefined on these rows")
+    return notes
+
+
 def _pairs_by_row(rows: np.ndarray, items: np.ndarray):
     order = np.argsort(rows, kind="stable")
     return rows[order], items[order]
@@ -91,7 +105,12 @@ def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, 
 
 def evaluate(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
              ranking: bool = True, progress: bool = False) -> dict:
+    """Per-task (and joint) metrics, then ``ranking``; metrics undefined on these rows are left out,
+    and ``notes`` says why."""
     out = evaluate_pointwise(model, objective, data.samples)
+    notes = leave_out_undefined(out)
+    if notes:
+        out["notes"] = notes
     if ranking:
         out["ranking"] = evaluate_ranking(model, objective, data, n_items, ks, progress=progress)
     return out
@@ -99,5 +118,5 @@ def evaluate(model, objective: Objective, data: EvalData, n_items: int, ks: list
 
 def mean_auc(metrics: dict, objective: Objective) -> float:
     """Model selection criterion: mean AUC over the binary tasks."""
-    values = [metrics[t.name]["auc"] for t in objective.tasks if t.kind == "binary"]
+    values = [metrics[t.name].get("auc", np.nan) for t in objective.tasks if t.kind == "binary"]
     return float(np.nanmean(values)) if values else -float(np.mean([metrics[t.name]["rmse"] for t in objective.tasks]))

@@ -79,7 +79,7 @@ def read_bundle(path: Path, text_model: str | None = None) -> Bundle:
                                                        ("specs", "vocab", "offsets", "num_embeddings")))
     raw = read_object(path / "catalog.json", "a polyrec catalog", ("user_ids", "item_ids", "titles"))
     with reading(path / "catalog.json", "a polyrec catalog"):
-        catalog = Catalog(raw["user_ids"], raw["item_ids"], raw["titles"])
+        catalog = Catalog(raw["user_ids"], raw["item_ids"], raw["titles"], raw.get("cold_item_ids", []))
     state = load_weights(path / WEIGHTS)
     whitening = None
     if config.text is not None:

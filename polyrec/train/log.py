@@ -43,7 +43,7 @@ class TrainLog:
         self._epochs.write(json.dumps(record) + "\n")
         for task, metrics in record["valid"].items():
             for name, value in metrics.items():
-                if name != "rows" and math.isfinite(value):   # e.g. GAUC with no user having both labels
+                if task != "notes" and name != "rows" and math.isfinite(value):
                     self._board.add_scalar(f"valid/{task}/{name}", value, len(self.losses))
         for out in (self._epochs, self._steps):
             out.flush()

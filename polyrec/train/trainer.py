@@ -113,7 +113,7 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
         if spec.progress:
             losses_txt = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
             tqdm.write(f"epoch {epoch + 1}: loss {losses_txt} | valid mean AUC {score:.4f} | {n / seconds:,.0f} samples/s")
-        if score > best_score:
+        if best_state is None or score > best_score:
             best_score, best_epoch, best_valid, waited = score, epoch + 1, metrics, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
