@@ -252,6 +252,9 @@ class DistillSpec(_Strict):
 
 
 class TrainSpec(_Strict):
+    # per_task: each task's loss is its mean over the rows it labels (tasks weigh alike); per_row:
+    # over all rows of the batch, so a task weighs by how many rows it labels (see Objective)
+    loss_reduction: Literal["per_task", "per_row"] = "per_task"
     batch_size: int = Field(1024, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)

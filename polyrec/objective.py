@@ -10,9 +10,11 @@ from polyrec.config import TaskSpec
 _EPS = 1e-7
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, per_row: bool = False) -> torch.Tensor:
+    """Mean over the labelled rows, or with ``per_row`` over all rows of the batch (unlabelled rows
+    count 0), so a task weighs by how many rows it labels."""
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum() / (len(mask) if per_row else mask.sum().clamp(min=1))
 
 
 class Objective:
@@ -22,16 +24,24 @@ class Objective:
     only, as p(child | parent). With ``esmm`` it is instead trained over the entire
     sample space on p(parent)·p(child) against parent∧child (Ma et al., SIGIR 2018),
     optionally plus ``conditional_weight`` times the p(child | parent) loss.
+
+    ``reduction``: ``per_task`` averages each task's loss over the rows it labels (every task
+    weighs alike); ``per_row`` over all rows of the batch, so every labelled row weighs alike
+    and a task weighs by its row count (what summing each task's loss over the batch does, as
+    DeepCTR-Torch does, up to a constant factor).
     """
 
-    def __init__(self, tasks: list[TaskSpec], esmm: bool = False, conditional_weight: float = 0.0):
+    def __init__(self, tasks: list[TaskSpec], esmm: bool = False, conditional_weight: float = 0.0,
+                 reduction: str = "per_task"):
         self.tasks, self.esmm, self.conditional_weight = tasks, esmm, conditional_weight
+        self.reduction = reduction
         index = {t.name: i for i, t in enumerate(tasks)}
         self.parent = [index[t.depends_on] if t.depends_on else None for t in tasks]
 
     @classmethod
     def from_config(cls, config) -> Objective:
-        return cls(config.tasks, config.model.esmm, config.model.esmm_conditional_weight)
+        return cls(config.tasks, config.model.esmm, config.model.esmm_conditional_weight,
+                   config.train.loss_reduction)
 
     @property
     def names(self) -> list[str]:
@@ -51,20 +61,21 @@ class Objective:
     def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         has_label = ~torch.isnan(labels)
         y = torch.nan_to_num(labels)
+        per_row = self.reduction == "per_row"
         out = []
         for t, (task, parent) in enumerate(zip(self.tasks, self.parent)):
             z, mask = logits[:, t], has_label[:, t]
             if task.loss == "bce":
-                loss = _masked_mean(F.binary_cross_entropy_with_logits(z, y[:, t], reduction="none"), mask)
+                loss = _masked_mean(F.binary_cross_entropy_with_logits(z, y[:, t], reduction="none"), mask, per_row)
             elif task.loss == "mse":
-                loss = _masked_mean((z - y[:, t]) ** 2, mask)
+                loss = _masked_mean((z - y[:, t]) ** 2, mask, per_row)
             else:
-                loss = _masked_mean(F.huber_loss(z, y[:, t], reduction="none"), mask)
+                loss = _masked_mean(F.huber_loss(z, y[:, t], reduction="none"), mask, per_row)
             if task.kind == "binary" and parent is not None and self.esmm:
                 target = y[:, parent] * y[:, t]
                 log_p = (F.logsigmoid(logits[:, parent]) + F.logsigmoid(z)).clamp(max=-_EPS)
                 joint = -(target * log_p + (1 - target) * torch.log1p(-log_p.exp()))
-                loss = _masked_mean(joint, has_label[:, parent]) + self.conditional_weight * loss
+                loss = _masked_mean(joint, has_label[:, parent], per_row) + self.conditional_weight * loss
             out.append(loss)
         return torch.stack(out)
 

@@ -85,3 +85,16 @@ def test_esmm_loss_is_entire_space_product():
     assert plain[2] == pytest.approx(esmm[2].item()) == pytest.approx(0.0)  # regression masked to the clicked row
     both = Objective(tasks, esmm=True, conditional_weight=0.5).losses(logits, labels)
     assert both[1] == pytest.approx((esmm[1] + 0.5 * plain[1]).item(), rel=1e-6)
+
+
+def test_per_row_reduction_weighs_a_task_by_the_rows_it_labels():
+    tasks = make_config().tasks
+    torch.manual_seed(0)
+    logits = torch.randn(10, 3)
+    labels = torch.tensor([[1.0, 1.0, 4.0], [1.0, 0.0, 2.0]] + [[0.0, float("nan"), float("nan")]] * 8)
+    per_task = Objective(tasks).losses(logits, labels)
+    per_row = Objective(tasks, reduction="per_row").losses(logits, labels)
+    assert per_row[0] == pytest.approx(per_task[0].item())             # click labels every row
+    assert per_row[1] == pytest.approx(per_task[1].item() * 2 / 10)    # buy and stars label 2 rows of 10
+    assert per_row[2] == pytest.approx(per_task[2].item() * 2 / 10)
+    assert Objective.from_config(make_config(train__loss_reduction="per_row")).reduction == "per_row"

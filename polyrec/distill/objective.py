@@ -57,7 +57,7 @@ class DistillObjective(Objective):
 
     def __init__(self, base: Objective, spec: DistillSpec, teacher_logits: torch.Tensor, candidates: torch.Tensor,
                  candidate_scores: torch.Tensor, rank_task: int, seed: int, teacher: torch.nn.Module | None = None):
-        super().__init__(base.tasks, base.esmm, base.conditional_weight)
+        super().__init__(base.tasks, base.esmm, base.conditional_weight, base.reduction)
         self.spec, self.teacher_logits, self.rank_task, self.teacher = spec, teacher_logits, rank_task, teacher
         self.candidates, self.candidate_scores = candidates, candidate_scores
         self.binary = torch.tensor([t.kind == "binary" for t in self.tasks])
