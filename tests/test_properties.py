@@ -23,7 +23,7 @@ NUMERIC = {"interactions": ["ts", "click", "buy", "stars"], "users": ["age"], "i
 REQUIRED = {"interactions": ["user", "item", "ts", "click", "buy", "stars"], "users": ["user", "country", "age"],
             "items": ["item", "name", "price", "tags"]}
 KEYS = {"interactions": ("user", "item"), "users": ("user",), "items": ("item",)}
-SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # text that no parser takes for a number, a date or a missing value
