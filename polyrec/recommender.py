@@ -10,7 +10,14 @@ import torch
 from tqdm.auto import tqdm
 
 from polyrec.config import Config
-from polyrec.data.dataset import EvalData, PreparedData, Samples, prepare
+from polyrec.data.dataset import (
+    EvalData,
+    PreparedData,
+    Samples,
+    history_pairs,
+    interaction_rows,
+    prepare,
+)
 from polyrec.data.features import EncodedSide
 from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables, ids, new_rows, validate_labels
@@ -84,12 +91,14 @@ class MultiTaskRecommender:
                                     for t, task in enumerate(cfg.tasks)])
         weighting = build_weighting(cfg.weighting, cfg.tasks)
         log = TrainLog(log_dir, self.objective.names, cfg.weighting.method) if log_dir is not None else None
+        result = None
         try:
-            self.result = train(self.model, objective or self.objective, weighting, data.train, data.valid,
-                                len(self.catalog.item_ids), cfg.train, log)
+            result = train(self.model, objective or self.objective, weighting, data.train, data.valid,
+                           len(self.catalog.item_ids), cfg.train, log)
         finally:
             if log is not None:
-                log.close()
+                log.close(result)
+        self.result = result
         return self
 
     def _require_model(self) -> MultiTaskModel:
@@ -131,11 +140,8 @@ class MultiTaskRecommender:
             raise DataError(f"evaluation rows: missing label column(s) {missing}; the run was trained on the tasks "
                             f"{[(t.name, t.col) for t in self.config.tasks]}")
         samples = self._samples(validate_labels(rows.reset_index(drop=True), self.config, "evaluation rows"))
-        root = next((t for t, task in enumerate(self.config.tasks)
-                     if task.kind == "binary" and task.depends_on is None), None)
-        positive = samples.labels[:, root] == 1 if root is not None else torch.ones(len(samples), dtype=torch.bool)
-        seen_user = np.concatenate([np.full(len(v), u) for u, v in self.history.items()] or [np.zeros(0, np.int64)])
-        seen_item = np.concatenate([*self.history.values()] or [np.zeros(0, np.int64)])
+        positive = interaction_rows(samples.labels.numpy(), self.config.tasks)
+        seen_user, seen_item = history_pairs(self.history)
         return EvalData(samples, samples.subset(positive), torch.from_numpy(seen_user), torch.from_numpy(seen_item))
 
     def _samples(self, rows: pd.DataFrame) -> Samples:
@@ -302,8 +308,7 @@ class MultiTaskRecommender:
         with RunWriter(path, overwrite) as run:
             write_bundle(run.staging, bundle)
             if self.result is not None:
-                TrainLog.replay(run.staging, self.objective.names, self.config.weighting.method, self.result.history,
-                                self.result.step_losses, self.result.step_weights)
+                TrainLog.replay(run.staging, self.objective.names, self.config.weighting.method, self.result)
             if metrics is not None:
                 write_json(run.staging / "metrics.json", metrics)
             return run.commit()

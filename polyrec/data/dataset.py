@@ -178,8 +178,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     labels = np.stack([inter[t.col].to_numpy(np.float32) for t in tasks], 1)
     if spec.split.given:
         split = inter[spec.split.column].map(SPLITS).to_numpy(np.int8)
-        root = next((t for t, task in enumerate(tasks) if task.kind == "binary" and task.depends_on is None), None)
-        positive = labels[:, root] == 1 if root is not None else np.ones(len(inter), bool)
+        positive = interaction_rows(labels, tasks)
     else:
         split = split_rows(user, item, time, spec.split, spec.seed)
         positive = np.ones(len(inter), bool)
@@ -228,6 +227,21 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
                         _items_by_user(user, item, time, (split <= VALID) & positive),
                         _items_by_user(user, item, time, (split == TRAIN) & positive), cold_items)
     return data.with_features(config.features)
+
+
+def interaction_rows(labels: np.ndarray, tasks) -> np.ndarray:
+    """Of given rows [N, T], those that are interactions: the first binary task without a parent is 1
+    (every row when there is no such task)."""
+    root = next((t for t, task in enumerate(tasks) if task.kind == "binary" and task.depends_on is None), None)
+    return labels[:, root] == 1 if root is not None else np.ones(len(labels), bool)
+
+
+def history_pairs(history: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(users, items) of every interaction in a per-user history."""
+    users = [np.full(len(items), user, np.int64) for user, items in history.items()]
+    items = [np.asarray(items, np.int64) for items in history.values()]
+    empty = [np.zeros(0, np.int64)]
+    return np.concatenate(users or empty), np.concatenate(items or empty)
 
 
 def cold_item_indices(spec, catalog: Catalog) -> np.ndarray:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from polyrec.config import Config
-from polyrec.data.dataset import Catalog, EvalData
+from polyrec.data.dataset import Catalog, EvalData, history_pairs
 from polyrec.data.features import FeatureEncoder
 from polyrec.errors import RunError
 from polyrec.models.layers import FeatureTables
@@ -63,8 +63,7 @@ def write_bundle(folder: Path, bundle: Bundle) -> None:
     write_json(folder / "config.json", bundle.config.model_dump())
     write_json(folder / "features.json", bundle.encoder.to_json())
     write_json(folder / "catalog.json", bundle.catalog.to_json())
-    users = np.concatenate([np.full(len(v), u) for u, v in bundle.history.items()])
-    items = np.concatenate(list(bundle.history.values()))
+    users, items = history_pairs(bundle.history)
     pd.DataFrame({"user": users, "item": items}).to_parquet(folder / HISTORY)
     if bundle.test is not None:
         bundle.test.save(folder / TEST_SPLIT, [t.name for t in bundle.config.tasks])

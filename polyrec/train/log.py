@@ -17,22 +17,19 @@ import numpy as np
 
 class TrainLog:
     def __init__(self, folder: str | Path, tasks: list[str], method: str):
-        from tensorboardX import (
-            SummaryWriter,  # imported here: only runs that log need it
-        )
+        # imported here: only runs that log need it
+        from tensorboardX import SummaryWriter
 
         self.folder, self.tasks, self.method = Path(folder), tasks, method
         self.folder.mkdir(parents=True, exist_ok=True)
         self._epochs = (self.folder / "train_log.jsonl").open("a")
         self._steps = (self.folder / "train_steps.jsonl").open("a")
         self._board = SummaryWriter(str(self.folder / "tensorboard"))
-        self.losses: list[list[float]] = []
-        self.weights: list[list[float]] = []
+        self.steps = 0
 
     def step(self, losses: list[float], weights: list[float]) -> None:
-        self.losses.append(losses)
-        self.weights.append(weights)
-        step = len(self.losses)
+        self.steps += 1
+        step = self.steps
         self._steps.write(json.dumps({"step": step, "loss": dict(zip(self.tasks, losses)),
                                       "weight": dict(zip(self.tasks, weights))}) + "\n")
         for task, value, weight in zip(self.tasks, losses, weights):
@@ -44,31 +41,31 @@ class TrainLog:
         for task, metrics in record["valid"].items():
             for name, value in metrics.items():
                 if task != "notes" and name != "rows" and math.isfinite(value):
-                    self._board.add_scalar(f"valid/{task}/{name}", value, len(self.losses))
+                    self._board.add_scalar(f"valid/{task}/{name}", value, self.steps)
         for out in (self._epochs, self._steps):
             out.flush()
         self._board.flush()
 
-    def close(self) -> None:
-        """Close the files and draw ``weighting.png`` (only when there were steps)."""
+    def close(self, result=None) -> None:
+        """Close the files; with the finished training's ``result`` (a TrainResult, which holds
+        every step), draw ``weighting.png``."""
         self._epochs.close()
         self._steps.close()
         self._board.close()
-        if self.losses:
-            plot_steps(self.folder / "weighting.png", self.tasks, np.asarray(self.losses),
-                       np.asarray(self.weights), self.method)
+        if result is not None and result.step_losses:
+            plot_steps(self.folder / "weighting.png", self.tasks, np.asarray(result.step_losses),
+                       np.asarray(result.step_weights), self.method)
 
     @classmethod
-    def replay(cls, folder: Path, tasks: list[str], method: str, epochs: list[dict],
-               losses: list[list[float]], weights: list[list[float]]) -> None:
-        """Write a finished training's log (kept in memory) into ``folder`` at once."""
+    def replay(cls, folder: Path, tasks: list[str], method: str, result) -> None:
+        """Write a finished training's log (a TrainResult, kept in memory) into ``folder`` at once."""
         log = cls(folder, tasks, method)
-        per_epoch = len(losses) // max(len(epochs), 1)
-        for e, record in enumerate(epochs):
+        per_epoch = len(result.step_losses) // max(len(result.history), 1)
+        for e, record in enumerate(result.history):
             for s in range(e * per_epoch, (e + 1) * per_epoch):
-                log.step(losses[s], weights[s])
+                log.step(result.step_losses[s], result.step_weights[s])
             log.epoch(record)
-        log.close()
+        log.close(result)
 
 
 def plot_steps(path: Path, tasks: list[str], losses: np.ndarray, weights: np.ndarray, method: str) -> None:
