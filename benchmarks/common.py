@@ -9,8 +9,7 @@ import torch
 from polyrec.config import Config
 from polyrec.data.dataset import PreparedData, prepare
 from polyrec.data.sources import load_tables
-from polyrec.models.layers import FeatureTables
-from polyrec.models.network import build_model
+from polyrec.models.network import model_for
 from polyrec.objective import Objective
 from polyrec.train.trainer import make_optimizer, seed_everything, train_step
 from polyrec.weighting import build_weighting
@@ -58,7 +57,7 @@ def flat_metrics(metrics: dict, config: Config, k: int = 10) -> dict[str, float]
 def training_steps(cfg: Config, data: PreparedData, steps: int, warmup: int = 10) -> list[float]:
     """Seconds of each of ``steps`` training steps (the trainer's own step) after ``warmup`` steps."""
     seed_everything(cfg.train.seed, cfg.train.threads)
-    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items)).train()
+    model = model_for(cfg, data).train()
     objective, weighting = Objective.from_config(cfg), build_weighting(cfg.weighting, cfg.tasks)
     optimizer = make_optimizer(model, weighting, cfg.train)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))

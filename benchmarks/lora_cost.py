@@ -18,8 +18,7 @@ from common import load_prepared, select_tasks
 
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
-from polyrec.models.layers import FeatureTables
-from polyrec.models.network import build_model
+from polyrec.models.network import model_for
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.text.inputs import encode_text
 from polyrec.text.lora import LoraItemEncoder
@@ -31,7 +30,7 @@ def step_seconds(cfg: Config, data, batches) -> float:
     seed_everything(cfg.train.seed, cfg.train.threads)
     rec = MultiTaskRecommender(cfg)
     encoder = LoraItemEncoder.for_catalog(cfg.text, data.text.item_texts, data.text.item_whitening)
-    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items), encoder)
+    model = model_for(cfg, data, encoder)
     weighting = build_weighting(cfg.weighting, cfg.tasks)
     optimizer = make_optimizer(model, weighting, cfg.train)
     gen = torch.Generator().manual_seed(0)

@@ -23,8 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
-from polyrec.models.layers import FeatureTables
-from polyrec.models.network import build_model
+from polyrec.models.network import model_for
 from polyrec.objective import Objective
 from polyrec.train.trainer import make_optimizer, seed_everything
 from polyrec.weighting import build_weighting
@@ -67,7 +66,7 @@ def main() -> None:
     cfg = protocol_config(Config.from_yaml(DEFAULT_CONFIG), args.arch, 1)   # ID features only
     seed_everything(cfg.train.seed, cfg.train.threads)
     data = load_prepared(cfg)
-    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items)).train()
+    model = model_for(cfg, data).train()
     objective, weighting = Objective.from_config(cfg), build_weighting(cfg.weighting, cfg.tasks)
     optimizer = make_optimizer(model, weighting, cfg.train)
     order = torch.randperm(len(data.train))

@@ -211,6 +211,21 @@ class TextSpec(_Strict):
         return self
 
 
+class HistorySpec(_Strict):
+    """The user's behaviour history as an input of every task: per row, the user's last ``length``
+    interactions strictly before the row's time (train rows: train-period interactions; valid and
+    test rows and recommendations: train and valid periods), each event an item (its categorical
+    embeddings, and its language-model vector when the config has item text and ``text`` is on)
+    plus what the user did (its task labels). ``encoder``: ``attention`` (the candidate attends
+    over the events, DIN) or ``transformer`` (a small causal transformer over the sequence)."""
+
+    length: int = Field(20, gt=0)
+    encoder: Literal["attention", "transformer"] = "attention"
+    layers: int = Field(1, gt=0)          # transformer layers
+    heads: int = Field(2, gt=0)           # transformer attention heads; must divide model.embed_dim
+    text: bool = True
+
+
 class WeightingSpec(_Strict):
     method: str = "static"
     options: dict = Field(default_factory=dict)
@@ -277,6 +292,7 @@ class Config(_Strict):
     tasks: list[TaskSpec]
     model: ModelSpec = Field(default_factory=ModelSpec)
     text: TextSpec | None = None
+    history: HistorySpec | None = None
     weighting: WeightingSpec = Field(default_factory=WeightingSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -308,6 +324,13 @@ class Config(_Strict):
             if name not in categorical or not 0 <= p < 1:
                 raise ValueError(f"model.oov_dropout: '{name}: {p}' needs a categorical or bucket feature "
                                  f"({sorted(categorical)}) and a probability in [0, 1)")
+        if self.history is not None:
+            if self.data.time_col is None or self.data.item_col is None:
+                raise ValueError("history reads each user's interactions in time order: it needs data.time_col and "
+                                 "data.item_col (or remove the history section)")
+            if self.history.encoder == "transformer" and self.model.embed_dim % self.history.heads:
+                raise ValueError(f"history.heads ({self.history.heads}) must divide model.embed_dim "
+                                 f"({self.model.embed_dim})")
         if self.eval.rank_by is not None and self.eval.rank_by not in by_name:
             raise ValueError(f"eval.rank_by: '{self.eval.rank_by}' is not a task ({names})")
         weighting = build_weighting(self.weighting, self.tasks)   # options checked now, not mid-training

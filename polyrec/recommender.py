@@ -23,8 +23,7 @@ from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables, ids, new_rows, validate_labels
 from polyrec.errors import DataError, RunError
 from polyrec.evaluate.evaluator import evaluate, predict_logits
-from polyrec.models.layers import FeatureTables
-from polyrec.models.network import MultiTaskModel, build_model
+from polyrec.models.network import MultiTaskModel, model_for
 from polyrec.objective import Objective
 from polyrec.rundir import RunWriter
 from polyrec.serve.bundle import (
@@ -85,7 +84,7 @@ class MultiTaskRecommender:
         if cfg.text is not None and cfg.text.mode == "lora":
             from polyrec.text.lora import LoraItemEncoder
             item_encoder = LoraItemEncoder.for_catalog(cfg.text, data.text.item_texts, data.text.item_whitening)
-        self.model = build_model(cfg, self.encoder, FeatureTables(data.users, data.items), item_encoder)
+        self.model = model_for(cfg, data, item_encoder)
         labels = data.train.labels
         self.model.set_output_bias([float(np.nanmean(labels[:, t].numpy())) if task.kind == "regression" else None
                                     for t, task in enumerate(cfg.tasks)])
@@ -261,6 +260,8 @@ class MultiTaskRecommender:
         if self.config.text is not None:
             side.text = self.text.new_users(users, self._text_encoder)
         self.model.tables.append("user", side)
+        if self.model.events is not None:
+            self.model.events.append_users(len(ids))
         self.catalog.add_users(ids)
         return ids
 

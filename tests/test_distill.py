@@ -176,8 +176,7 @@ def test_ranking_distillation_balances_the_batch_representation(teacher_run, met
     from polyrec.distill.distiller import ranking_candidates
     from polyrec.distill.objective import DistillObjective
     from polyrec.evaluate.evaluator import predict_logits
-    from polyrec.models.layers import FeatureTables
-    from polyrec.models.network import build_model
+    from polyrec.models.network import model_for
     from polyrec.weighting import build_weighting
     from polyrec.weighting.base import representation_grads
     folder, teacher_dir = teacher_run
@@ -186,7 +185,7 @@ def test_ranking_distillation_balances_the_batch_representation(teacher_run, met
                          [f"weighting.method={method}", f"weighting.options={options}"])
     data = prepare(make_tables(), cfg)
     torch.manual_seed(0)
-    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items)).eval()   # no dropout: repeatable
+    model = model_for(cfg, data).eval()   # no dropout: repeatable
     candidates, scores = ranking_candidates(teacher, unseen_pairs(data), cfg.distill, 0, seed=0)
     teacher_logits = predict_logits(teacher.model, data.train.user, data.train.item)
     idx = torch.arange(64)

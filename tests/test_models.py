@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from polyrec.data.dataset import prepare
-from polyrec.models.layers import FeatureTables, GroupedLinear, GroupedMLP
-from polyrec.models.network import build_model
+from polyrec.models.layers import GroupedLinear, GroupedMLP
+from polyrec.models.network import model_for
 from polyrec.objective import Objective
 from tests.conftest import make_config, make_tables
 
@@ -14,7 +14,7 @@ ARCHS = ["single", "sharedbottom", "mmoe", "ple"]
 def build(arch, **changes):
     cfg = make_config(model__arch=arch, **changes)
     data = prepare(make_tables(), cfg)
-    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items))
+    model = model_for(cfg, data)
     return cfg, data, model
 
 

@@ -6,8 +6,7 @@ import torch
 
 from polyrec.data.dataset import prepare
 from polyrec.errors import DataError
-from polyrec.models.layers import FeatureTables
-from polyrec.models.network import build_model
+from polyrec.models.network import model_for
 from polyrec.objective import Objective
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.text.encoder import TextEncoder
@@ -71,7 +70,7 @@ def prepare_with_text(tables, cfg):
 def test_gradients_reach_every_text_parameter(tmp_path):
     cfg = text_config(tmp_path)
     data = prepare_with_text(make_tables(), cfg)
-    model = build_model(cfg, data.encoder, FeatureTables(data.users, data.items))
+    model = model_for(cfg, data)
     logits = model(data.train.user, data.train.item)
     Objective.from_config(cfg).losses(logits, data.train.labels).sum().backward()
     text_params = [n for n, _ in model.named_parameters() if ".text." in n]

@@ -14,6 +14,7 @@ import torch
 
 from polyrec.config import Config, FeatureSpec
 from polyrec.data.features import EncodedSide, FeatureEncoder
+from polyrec.data.history import EventLog, Histories, feedback_features
 from polyrec.data.negatives import sample_negatives
 from polyrec.data.sources import read_table
 from polyrec.data.split import TEST, TRAIN, VALID, split_rows
@@ -30,29 +31,37 @@ def _column(frame: pd.DataFrame, name: str) -> torch.Tensor:
 
 @dataclass
 class Samples:
-    """Labelled (user, item) rows by catalog index; ``labels[:, t]`` is NaN where task t has no label."""
+    """Labelled (user, item) rows by catalog index; ``labels[:, t]`` is NaN where task t has no label.
+    ``history`` (with a history section): each row's span of the model's event log, see
+    :mod:`polyrec.data.history`."""
 
     user: torch.Tensor    # [N] int64
     item: torch.Tensor    # [N] int64
     labels: torch.Tensor  # [N, T] float32
+    history: torch.Tensor | None = None  # [N, 2] int64 (start, end)
 
     def __len__(self) -> int:
         return len(self.user)
 
     def subset(self, mask: np.ndarray | torch.Tensor) -> Samples:
         mask = torch.as_tensor(mask)
-        return Samples(self.user[mask], self.item[mask], self.labels[mask])
+        return Samples(self.user[mask], self.item[mask], self.labels[mask],
+                       self.history[mask] if self.history is not None else None)
 
     def to_frame(self, task_names: list[str]) -> pd.DataFrame:
         frame = pd.DataFrame({"user": self.user.numpy(), "item": self.item.numpy()})
         for t, name in enumerate(task_names):
             frame[f"label:{name}"] = self.labels[:, t].numpy()
+        if self.history is not None:
+            frame["history_start"], frame["history_end"] = self.history[:, 0].numpy(), self.history[:, 1].numpy()
         return frame
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, task_names: list[str]) -> Samples:
         labels = np.stack([frame[f"label:{n}"].to_numpy(np.float32) for n in task_names], 1)
-        return cls(_column(frame, "user"), _column(frame, "item"), torch.from_numpy(labels))
+        history = torch.from_numpy(frame[["history_start", "history_end"]].to_numpy(np.int64)) \
+            if "history_start" in frame else None
+        return cls(_column(frame, "user"), _column(frame, "item"), torch.from_numpy(labels), history)
 
 
 @dataclass
@@ -127,6 +136,7 @@ class PreparedData:
     users: EncodedSide | None = None
     items: EncodedSide | None = None
     text: TextInputs | None = None        # language-model inputs (with_text), when config.text is set
+    histories: Histories | None = None    # event logs the rows' history spans point into (config.history)
 
     def with_features(self, features: list[FeatureSpec]) -> PreparedData:
         """Feature vocabularies fitted on the users and items of the training rows (an ID no
@@ -174,7 +184,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     inter = tables.interactions
     user = inter[spec.user_col].map(catalog.user_index).to_numpy(np.int64)
     item = inter[item_col].map(catalog.item_index).to_numpy(np.int64)
-    time = inter[spec.time_col].to_numpy() if spec.time_col in inter else None
+    time = inter[spec.time_col].to_numpy(np.float64) if spec.time_col in inter else None
     labels = np.stack([inter[t.col].to_numpy(np.float32) for t in tasks], 1)
     if spec.split.given:
         split = inter[spec.split.column].map(SPLITS).to_numpy(np.int8)
@@ -202,9 +212,17 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     for t, task in enumerate(tasks):
         neg_labels[t] = spec.negatives.labels.get(task.col, np.nan)
 
+    histories = None
+    if config.history is not None:
+        def log(rows):
+            return EventLog.of(user[rows], item[rows], time[rows], feedback_features(
+                labels[rows], tasks, labels[(split == TRAIN) & positive]))
+        histories = Histories(log((split == TRAIN) & positive), log((split <= VALID) & positive))
+
     def samples_of(code: int) -> Samples:
         rows = split == code
         u, i, y = user[rows], item[rows], labels[rows]
+        t = time[rows] if time is not None else None
         k = spec.negatives.per_positive
         if k:
             pos_u = user[rows & positive]
@@ -212,7 +230,12 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
             u = np.concatenate([u, np.repeat(pos_u, k)])
             i = np.concatenate([i, neg_i])
             y = np.concatenate([y, np.tile(neg_labels, (len(neg_i), 1))])
-        return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y))
+            if t is not None:   # a sampled negative shares its positive's moment, and so its history
+                t = np.concatenate([t, np.repeat(time[rows & positive], k)])
+        spans = None
+        if histories is not None:
+            spans = torch.from_numpy(histories.train_spans(u, t) if code == TRAIN else histories.known_spans(u, t))
+        return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y), spans)
 
     train = samples_of(TRAIN)
 
@@ -225,7 +248,8 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     valid, test = eval_of(VALID), eval_of(TEST)
     data = PreparedData(catalog, users, items, train, valid, test,
                         _items_by_user(user, item, time, (split <= VALID) & positive),
-                        _items_by_user(user, item, time, (split == TRAIN) & positive), cold_items)
+                        _items_by_user(user, item, time, (split == TRAIN) & positive), cold_items,
+                        histories=histories)
     return data.with_features(config.features)
 
 

@@ -33,15 +33,18 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     check_compatible(teacher, config)
     spec = config.distill or DistillSpec()
     seed_everything(config.train.seed, config.train.threads)
-    data = prepare(tables if tables is not None else load_tables(config.data), config)
+    # rows carry history spans when the teacher or the student reads histories
+    rows_config = config if config.history or not teacher.config.history else config.model_copy(
+        update={"history": teacher.config.history})
+    data = prepare(tables if tables is not None else load_tables(config.data), rows_config)
     if data.catalog.user_ids != teacher.catalog.user_ids or data.catalog.item_ids != teacher.catalog.item_ids:
         raise DataError("the student's data does not have the teacher's users and items: distill from the "
                         "tables the teacher was trained on")
     unseen = unseen_pairs(data)
     new_items = torch.zeros_like(unseen)
     new_items[:, torch.from_numpy(data.cold_items)] = True
-    train = with_unlabeled_pairs(data.train, unseen, spec.unlabeled_per_user, config.train.seed)
-    train = with_unlabeled_pairs(train, new_items, spec.new_items_per_user, config.train.seed + 1)
+    train = with_unlabeled_pairs(data, data.train, unseen, spec.unlabeled_per_user, config.train.seed)
+    train = with_unlabeled_pairs(data, train, new_items, spec.new_items_per_user, config.train.seed + 1)
     data = data.with_train(train)   # the vocabulary now covers the new items of the unlabeled pairs
     if config.text is not None:
         data = data.with_text(teacher.text)
@@ -50,8 +53,9 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
                                               next(t.name for t in config.tasks if t.kind == "binary"))
     candidates = scores = torch.empty(0, 0)
     if spec.ranking_weight:
-        candidates, scores = ranking_candidates(teacher, unseen, spec, rank_task, config.train.seed)
-    objective = DistillObjective(student.objective, spec, predict_logits(teacher.model, data.train.user, data.train.item),
+        candidates, scores = ranking_candidates(teacher, data, unseen, spec, rank_task, config.train.seed)
+    teacher_logits = predict_logits(teacher.model, data.train.user, data.train.item, data.train.history)
+    objective = DistillObjective(student.objective, spec, teacher_logits,
                                  candidates, scores, rank_task, config.train.seed,
                                  teacher.model if spec.hidden_weight else None)
     return student.fit_prepared(data, objective, log_dir)
@@ -99,8 +103,10 @@ def unseen_pairs(data: PreparedData) -> torch.Tensor:
     return mask
 
 
-def with_unlabeled_pairs(train: Samples, allowed: torch.Tensor, per_user: int, seed: int) -> Samples:
-    """``train`` plus ``per_user`` random items per user where ``allowed`` [users, items], with no labels."""
+def with_unlabeled_pairs(data: PreparedData, train: Samples, allowed: torch.Tensor, per_user: int,
+                         seed: int) -> Samples:
+    """``train`` plus ``per_user`` random items per user where ``allowed`` [users, items], with no labels
+    (and, with histories, each user's whole train-period history)."""
     per_user = min(per_user, int(allowed.sum(1).min()))
     if not per_user:
         return train
@@ -108,12 +114,21 @@ def with_unlabeled_pairs(train: Samples, allowed: torch.Tensor, per_user: int, s
     items = torch.multinomial(allowed.float(), per_user, generator=generator)   # [users, per_user]
     users = torch.arange(len(items))[:, None].expand_as(items)
     labels = torch.full((items.numel(), train.labels.shape[1]), float("nan"))
+    history = None
+    if train.history is not None:
+        history = torch.cat([train.history, train_period_spans(data, users.flatten())])
     return Samples(torch.cat([train.user, users.flatten()]), torch.cat([train.item, items.flatten()]),
-                   torch.cat([train.labels, labels]))
+                   torch.cat([train.labels, labels]), history)
 
 
-def ranking_candidates(teacher: MultiTaskRecommender, unseen: torch.Tensor, spec: DistillSpec, rank_task: int,
-                       seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def train_period_spans(data: PreparedData, users: torch.Tensor) -> torch.Tensor | None:
+    """Each user's whole train-period history (what a teacher may read when labelling training
+    pairs); None without histories."""
+    return torch.from_numpy(data.histories.train_spans(users.numpy())) if data.histories is not None else None
+
+
+def ranking_candidates(teacher: MultiTaskRecommender, data: PreparedData, unseen: torch.Tensor, spec: DistillSpec,
+                       rank_task: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per user: the teacher's top unseen items and random unseen ones [users, C], with the
     teacher's ranking scores on them [users, C]."""
     n_users, n_items = unseen.shape
@@ -121,7 +136,9 @@ def ranking_candidates(teacher: MultiTaskRecommender, unseen: torch.Tensor, spec
     scores = torch.empty(n_users, n_items)
     for start in range(0, n_users, 64):
         users = torch.arange(start, min(start + 64, n_users))
-        logits = predict_logits(teacher.model, users.repeat_interleave(n_items), torch.arange(n_items).repeat(len(users)))
+        pairs = users.repeat_interleave(n_items)
+        logits = predict_logits(teacher.model, pairs, torch.arange(n_items).repeat(len(users)),
+                                train_period_spans(data, pairs))
         scores[users] = ranking_log_score(logits, rank_task, parent).view(len(users), n_items)
     top = scores.masked_fill(~unseen, -np.inf).topk(spec.ranking_top, 1).indices
     rest = unseen.clone()

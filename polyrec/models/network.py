@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polyrec.config import ModelSpec, TextSpec
+from polyrec.config import HistorySpec, ModelSpec, TextSpec
+from polyrec.models.history import EventTable, HistoryBlock
 from polyrec.models.layers import (
     FeatureEmbedding,
     FeatureTables,
@@ -22,24 +23,39 @@ ARCHITECTURES = {"sharedbottom": SharedBottom, "mmoe": MMoE, "ple": PLE}
 
 
 class TaskNetwork(nn.Module):
-    """Embeddings (and text), a shared body and one tower per task: features → logits [B, T]."""
+    """Embeddings (and text, and the behaviour history), a shared body and one tower per task:
+    features → logits [B, T]."""
 
-    def __init__(self, num_embeddings: int, counts: tuple[int, int, int], n_tasks: int, spec: ModelSpec,
-                 arch: str, text: TextSpec | None = None):
+    def __init__(self, num_embeddings: int, tables: FeatureTables, n_tasks: int, spec: ModelSpec, arch: str,
+                 text: TextSpec | None = None, history: HistorySpec | None = None, n_feedback: int = 0):
         super().__init__()
-        self.embedding = FeatureEmbedding(num_embeddings, spec.embed_dim, counts)
+        self.embedding = FeatureEmbedding(num_embeddings, spec.embed_dim, tables.in_counts)
         self.text = TextBlock(text) if text is not None else None
-        in_dim = self.embedding.out_dim + (self.text.out_dim if self.text is not None else 0)
+        self.n_user_cat = tables.user_cat.shape[1]
+        self.history = None
+        if history is not None:
+            text_dim = tables.item_text.shape[1] if text is not None and history.text else 0
+            self.history = HistoryBlock(history, spec.embed_dim, n_feedback, text_dim, spec.dropout)
+        in_dim = self.embedding.out_dim + sum(block.out_dim for block in (self.text, self.history) if block is not None)
         self.body = ARCHITECTURES[arch](in_dim, n_tasks, spec)
         self.towers = GroupedMLP(self.body.out_dim, spec.tower_dims, n_tasks, spec.dropout)
         self.heads = GroupedLinear(self.towers.out_dim, 1, n_tasks)
 
-    def forward(self, cat, multi, num, item_text, user_text):
+    def forward(self, cat, multi, num, item_text, user_text, events=None):
         x = self.embedding(cat, multi, num)              # [B, D]
         if self.text is not None:
             x = torch.cat([x, self.text(item_text, user_text)], 1)
+        if self.history is not None:
+            x = torch.cat([x, self.read_history(cat, events)[0]], 1)
         per_task, shared = self.body(x)                  # [B, T, H], [B, S, H]
         return self.heads(self.towers(per_task)).squeeze(-1), shared  # [B, T]
+
+    def read_history(self, cat: torch.Tensor, events: tuple):
+        """The history block's output [B, 2D] and its attention weights over the events [B, L] (or None)."""
+        event_cat, feedback, mask, event_text, candidate_text = events
+        vectors = lambda fields: self.embedding.table(fields).sum(-2)   # noqa: E731  an item: its fields' sum
+        return self.history(vectors(event_cat), feedback, mask, vectors(cat[:, self.n_user_cat:]), event_text,
+                            candidate_text)
 
 
 class MultiTaskModel(nn.Module):
@@ -51,27 +67,34 @@ class MultiTaskModel(nn.Module):
     while training, the value is replaced by OOV with that probability, so the model
     learns to score an item whose ID it has never seen from its other features and text.
     ``item_encoder`` (LoRA mode) computes item text embeddings instead of the table's.
+    ``events`` (with ``history``): the behaviour histories rows read (see :meth:`forward`).
     """
 
     def __init__(self, tables: FeatureTables, num_embeddings: int, n_tasks: int, spec: ModelSpec,
                  text: TextSpec | None = None, oov_dropout: list[tuple[int, int, float]] = (),
-                 item_encoder: nn.Module | None = None):
+                 item_encoder: nn.Module | None = None, history: HistorySpec | None = None,
+                 events: EventTable | None = None):
         super().__init__()
         self.tables = tables
         self.oov_dropout = list(oov_dropout)
         self.item_encoder = item_encoder
-        counts = tables.in_counts
+        self.events = events
+        self.history_text = history is not None and history.text and text is not None
+        n_feedback = events.feedback.shape[1] if events is not None else 0
+        net = lambda tasks, arch: TaskNetwork(num_embeddings, tables, tasks, spec, arch, text, history,  # noqa: E731
+                                              n_feedback)
         if spec.arch == "single":
-            self.nets = nn.ModuleList(TaskNetwork(num_embeddings, counts, 1, spec, "sharedbottom", text)
-                                      for _ in range(n_tasks))
+            self.nets = nn.ModuleList(net(1, "sharedbottom") for _ in range(n_tasks))
         else:
-            self.nets = nn.ModuleList([TaskNetwork(num_embeddings, counts, n_tasks, spec, spec.arch, text)])
+            self.nets = nn.ModuleList([net(n_tasks, spec.arch)])
 
-    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        """Logits (binary tasks) or values (regression) [B, T]."""
-        return self.forward_shared(user, item)[0]
+    def forward(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (binary tasks) or values (regression) [B, T]. ``history`` [B, 2]: each row's span
+        of the event log (:attr:`Samples.history`); None reads each user's whole known history."""
+        return self.forward_shared(user, item, history)[0]
 
-    def forward_shared(self, user: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_shared(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Outputs [B, T] and the shared representation they were computed from (None for
         ``single``, which shares nothing): what representation-level weighting balances."""
         cat, multi, num, item_text, user_text = self.tables(user, item)
@@ -82,8 +105,24 @@ class MultiTaskModel(nn.Module):
                 cat[drop, column] = oov
         if self.item_encoder is not None:
             item_text = self.item_encoder(item)
-        outputs = [net(cat, multi, num, item_text, user_text) for net in self.nets]
+        events = self._events(user, item, history)[0] if self.events is not None else None
+        outputs = [net(cat, multi, num, item_text, user_text, events) for net in self.nets]
         return torch.cat([logits for logits, _ in outputs], 1), outputs[0][1] if len(outputs) == 1 else None
+
+    def _events(self, user: torch.Tensor, item: torch.Tensor, spans: torch.Tensor | None):
+        """What a history block reads, gathered once for every network, and the event items [B, L]."""
+        items, feedback, mask = self.events(user, spans)
+        text = self.tables.item_text
+        return (self.tables.item_cat[items], feedback, mask, text[items] if self.history_text else None,
+                text[item] if self.history_text else None), items
+
+    @torch.no_grad()
+    def attended_events(self, user: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each row's history items [B, L] and the attention the (first) network gave them [B, L]
+        (None for an encoder without per-event weights), reading each user's whole known history."""
+        events, items = self._events(user, item, None)
+        cat = self.tables(user, item)[0]
+        return items, self.nets[0].read_history(cat, events)[1]
 
     def task_parameters(self) -> set[nn.Parameter]:
         """Parameters that belong to one task only (towers and output heads); the rest are shared."""
@@ -116,7 +155,18 @@ class MultiTaskModel(nn.Module):
         return self.n_parameters() + text
 
 
-def build_model(config, encoder, tables: FeatureTables, item_encoder: nn.Module | None = None) -> MultiTaskModel:
-    """The model a config describes, over encoded user and item tables."""
+def build_model(config, encoder, tables: FeatureTables, item_encoder: nn.Module | None = None,
+                events: EventTable | None = None) -> MultiTaskModel:
+    """The model a config describes, over encoded user and item tables (and, with a history
+    section, the event logs)."""
     return MultiTaskModel(tables, encoder.num_embeddings, len(config.tasks), config.model, config.text,
-                          encoder.oov_slots(config.model.oov_dropout), item_encoder)
+                          encoder.oov_slots(config.model.oov_dropout), item_encoder, config.history, events)
+
+
+def model_for(config, data, item_encoder: nn.Module | None = None) -> MultiTaskModel:
+    """A new model for :class:`~polyrec.data.dataset.PreparedData`: its encoded tables and, with a
+    history section, its event logs."""
+    events = None
+    if config.history is not None:
+        events = EventTable.of(data.histories, len(data.catalog.user_ids), config.history.length)
+    return build_model(config, data.encoder, FeatureTables(data.users, data.items), item_encoder, events)
