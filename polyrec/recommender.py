@@ -33,7 +33,7 @@ from polyrec.serve.bundle import (
     write_bundle,
     write_json,
 )
-from polyrec.serve.explain import nearest_items
+from polyrec.serve.explain import attended_items, nearest_items
 from polyrec.text.inputs import encode_text
 from polyrec.train.log import TrainLog
 from polyrec.train.trainer import TrainResult, seed_everything, train
@@ -208,9 +208,10 @@ class MultiTaskRecommender:
 
     def recommend(self, user, k: int = 10, exclude_seen: bool = True, explain: int = 2) -> list[dict]:
         """Top-``k`` items for ``user`` with the score of every task; items the user already
-        interacted with (train and valid periods) are left out. With item text, each item
-        lists up to ``explain`` of the user's earlier items closest to it in the language
-        model's space (``because``)."""
+        interacted with (train and valid periods) are left out. The model reads the user's whole
+        known history (with a history section). Each item lists up to ``explain`` of the user's
+        earlier items behind it (``because``): those the history attention weighed most, or with
+        item text and no attention, the closest in the language model's space."""
         model = self._require_model()
         if self.config.data.item_col is None:
             raise DataError("this run's dataset has no items (data.item_col is null): there is nothing to recommend; "
@@ -227,11 +228,18 @@ class MultiTaskRecommender:
             ranking[torch.from_numpy(history)] = -np.inf
         top = torch.sort(ranking, descending=True, stable=True).indices[:k]
         top = top[torch.isfinite(ranking[top])].tolist()
-        because = nearest_items(model.tables.item_text, top, history, explain)
+        because = self._because(u, top, history, explain)
         return [{"rank": r + 1, "item_id": self.catalog.item_ids[i], "title": self.catalog.titles[i],
                  "score": float(scores[rank_by][i]), **{name: float(v[i]) for name, v in scores.items()},
                  **({"because": [self.catalog.titles[j] for j in because[r]]} if because else {})}
                 for r, i in enumerate(top)]
+
+    def _because(self, user: int, top: list[int], history: np.ndarray, explain: int) -> list[list[int]]:
+        """Per recommended item, up to ``explain`` of the user's earlier items behind it: those the
+        history attention weighed most, else (with item text) the closest in the language model's space."""
+        if self.model.events is not None and self.config.history.encoder == "attention":
+            return attended_items(self.model, user, top, explain)
+        return nearest_items(self.model.tables.item_text, top, history, explain)
 
     # -------------------------------------------------------------- cold start
     def add_items(self, items: pd.DataFrame) -> list[str]:

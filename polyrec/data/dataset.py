@@ -59,7 +59,7 @@ class Samples:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, task_names: list[str]) -> Samples:
         labels = np.stack([frame[f"label:{n}"].to_numpy(np.float32) for n in task_names], 1)
-        history = torch.from_numpy(frame[["history_start", "history_end"]].to_numpy(np.int64)) \
+        history = torch.from_numpy(frame[["history_start", "history_end"]].to_numpy(np.int64, copy=True)) \
             if "history_start" in frame else None
         return cls(_column(frame, "user"), _column(frame, "item"), torch.from_numpy(labels), history)
 

@@ -50,39 +50,76 @@ class EventTable(nn.Module):
 class TargetAttention(nn.Module):
     """DIN (Zhou et al., KDD 2018): the candidate weighs each event by a small MLP over (event,
     candidate, difference, product). A null slot takes the weight no event earns, so an empty
-    history pools to zeros and a history unrelated to the candidate can say so."""
+    history pools to zeros and a history unrelated to the candidate can say so.
+
+    DIN's first layer over the concatenation [e, c, e - c, e ⊙ c] is the sum of a layer over e,
+    one over c and one over e ⊙ c; the candidate's term is computed once per row, not per event."""
 
     def __init__(self, dim: int, hidden: int = 32):
         super().__init__()
-        self.score = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.event = nn.Linear(dim, hidden)
+        self.candidate = nn.Linear(dim, hidden, bias=False)
+        self.product = nn.Linear(dim, hidden, bias=False)
+        self.out = nn.Linear(hidden, 1)
 
     def forward(self, events: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor):
         # events [B, L, D], candidate [B, D], mask [B, L] -> pooled [B, D], weights [B, L]
-        c = candidate.unsqueeze(1).expand_as(events)
-        scores = self.score(torch.cat([events, c, events - c, events * c], -1)).squeeze(-1)
+        hidden = self.event(events) + self.product(events * candidate.unsqueeze(1)) \
+            + self.candidate(candidate).unsqueeze(1)                                   # [B, L, H]
+        scores = self.out(torch.relu(hidden)).squeeze(-1)
         scores = torch.cat([scores.masked_fill(~mask, -torch.inf), scores.new_zeros(len(scores), 1)], 1)
         weights = torch.softmax(scores, 1)[:, :-1]
         return torch.bmm(weights.unsqueeze(1), events).squeeze(1), weights
 
 
+class CausalBlock(nn.Module):
+    """A pre-norm transformer layer: causal multi-head self-attention, then a feed-forward layer."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.norm_attention, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.project = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: int) -> torch.Tensor:
+        # x [B, S, D], allowed [B, S, S] (query may see key) -> [B, queries, D]: the last positions
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(self.norm_attention(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, x = q[:, :, -queries:], x[:, -queries:]                            # [B, h, Q, d], [B, Q, D]
+        scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5               # [B, h, Q, S]
+        scores = scores.masked_fill(~allowed[:, None, -queries:], -torch.inf)
+        mixed = (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(batch, queries, dim)
+        x = x + self.dropout(self.project(mixed))
+        return x + self.dropout(self.ff(self.norm_ff(x)))
+
+
 class CausalTransformer(nn.Module):
     """SASRec-style (Kang & McAuley, ICDM 2018): events, oldest first, through causal
     self-attention; the state at the most recent event sums up the sequence. A start token
-    that every position sees makes an empty history well defined."""
+    that every position sees makes an empty history well defined. Only the last layer's last
+    position is read, so that layer attends from one query instead of all."""
 
     def __init__(self, dim: int, length: int, layers: int, heads: int, dropout: float):
         super().__init__()
         self.start = nn.Parameter(torch.zeros(dim))
         self.position = nn.Parameter(torch.randn(length + 1, dim) * 1e-2)   # by recency slot
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.register_buffer("causal", torch.ones(length + 1, length + 1).triu(1).bool(), persistent=False)
+        self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.register_buffer("causal", torch.ones(length + 1, length + 1).tril().bool(), persistent=False)
 
     def forward(self, events: torch.Tensor, candidate: torch.Tensor, mask: torch.Tensor):
         # events [B, L, D], mask [B, L] -> state [B, D]; no per-event weights
+        # padding carries nothing (an empty history's last slot is padding, read through the residual)
+        events = events.masked_fill(~mask.unsqueeze(-1), 0)
         x = torch.cat([self.start.expand(len(events), 1, -1), events], 1) + self.position   # [B, L+1, D]
-        padding = torch.cat([mask.new_zeros(len(mask), 1), ~mask], 1)
-        return self.layers(x, mask=self.causal, src_key_padding_mask=padding)[:, -1], None
+        seen = torch.cat([mask.new_ones(len(mask), 1), mask], 1)                            # [B, L+1]
+        allowed = self.causal & seen[:, None, :]                                            # [B, L+1, L+1]
+        for depth, block in enumerate(self.blocks):
+            x = block(x, allowed, 1 if depth == len(self.blocks) - 1 else x.shape[1])
+        return self.norm(x[:, -1]), None
 
 
 class HistoryBlock(nn.Module):

@@ -52,10 +52,12 @@ class TaskNetwork(nn.Module):
 
     def read_history(self, cat: torch.Tensor, events: tuple):
         """The history block's output [B, 2D] and its attention weights over the events [B, L] (or None)."""
-        event_cat, feedback, mask, event_text, candidate_text = events
-        vectors = lambda fields: self.embedding.table(fields).sum(-2)   # noqa: E731  an item: its fields' sum
-        return self.history(vectors(event_cat), feedback, mask, vectors(cat[:, self.n_user_cat:]), event_text,
-                            candidate_text)
+        item_cat, event_items, feedback, mask, event_text, candidate_text = events
+        # an item's vector is the sum of its fields' embeddings; made once for the catalog and
+        # gathered, which is much cheaper to train than a lookup per event and field
+        catalog = self.embedding.table(item_cat).sum(1)                   # [I, D]
+        candidate = self.embedding.table(cat[:, self.n_user_cat:]).sum(1)  # [B, D]
+        return self.history(catalog[event_items], feedback, mask, candidate, event_text, candidate_text)
 
 
 class MultiTaskModel(nn.Module):
@@ -113,7 +115,7 @@ class MultiTaskModel(nn.Module):
         """What a history block reads, gathered once for every network, and the event items [B, L]."""
         items, feedback, mask = self.events(user, spans)
         text = self.tables.item_text
-        return (self.tables.item_cat[items], feedback, mask, text[items] if self.history_text else None,
+        return (self.tables.item_cat, items, feedback, mask, text[items] if self.history_text else None,
                 text[item] if self.history_text else None), items
 
     @torch.no_grad()
