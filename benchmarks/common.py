@@ -6,6 +6,8 @@ import time
 
 import torch
 
+import numpy as np
+
 from polyrec.config import Config
 from polyrec.data.dataset import PreparedData, prepare
 from polyrec.data.sources import load_tables
@@ -15,14 +17,26 @@ from polyrec.train.trainer import make_optimizer, seed_everything, train_step
 from polyrec.weighting import build_weighting
 
 
-def protocol_config(base: Config, name: str, max_epochs: int) -> Config:
-    """``ARCH`` or ``ARCH_esmm`` on the protocol's inputs: IDs and categorical side features, no
-    text and no ID dropout."""
-    arch, _, suffix = name.partition("_")
-    if suffix not in ("", "esmm"):
-        raise SystemExit(f"unknown model '{name}': use ARCH or ARCH_esmm with ARCH in single/sharedbottom/mmoe/ple")
-    return base.with_overrides([f"model.arch={arch}", f"model.esmm={suffix == 'esmm'}", "text=null",
-                                "model.oov_dropout={}", f"train.max_epochs={max_epochs}", "train.progress=false"])
+# the movies as text for "+text" variants (the ml100k-mt item table's columns)
+ITEM_TEMPLATE = "{title} ({release_year}). Genres: {genres}"
+
+
+def protocol_config(base: Config, name: str, max_epochs: int, history: dict | None = None) -> Config:
+    """``ARCH[_esmm][+history][+text]``: ``ARCH`` (single/sharedbottom/mmoe/ple) on the protocol's
+    inputs (IDs and categorical side features, no ID dropout), ``_esmm`` with ESMM's loss,
+    ``+history`` with the user's behaviour history (``history`` section; default length 20,
+    attention), ``+text`` with the items' language-model text (in the history too)."""
+    model, *extras = name.split("+")
+    arch, _, suffix = model.partition("_")
+    if suffix not in ("", "esmm") or arch not in ("single", "sharedbottom", "mmoe", "ple") or \
+            set(extras) - {"history", "text"}:
+        raise SystemExit(f"unknown model '{name}': use ARCH[_esmm][+history][+text] with ARCH in "
+                         "single/sharedbottom/mmoe/ple")
+    raw = base.with_overrides([f"model.arch={arch}", f"model.esmm={suffix == 'esmm'}", "model.oov_dropout={}",
+                               f"train.max_epochs={max_epochs}", "train.progress=false"]).model_dump()
+    raw["history"] = {"length": 20, **(history or {})} if "history" in extras else None
+    raw["text"] = {"model": "all-MiniLM-L6-v2", "item_template": ITEM_TEMPLATE} if "text" in extras else None
+    return Config.from_dict(raw)
 
 
 def select_tasks(config: Config, names: list[str]) -> Config:
@@ -68,3 +82,42 @@ def training_steps(cfg: Config, data: PreparedData, steps: int, warmup: int = 10
         train_step(model, objective, weighting, optimizer, data.train, idx)
         times.append(time.perf_counter() - start)
     return times[warmup:]
+
+
+# ------------------------------------------------------------------ paired user-level bootstrap
+class WeightedAUC:
+    """AUC of fixed scores under per-user weights (a bootstrap resample of users), ties counted
+    half; the sort is done once, each resample is a few vector sums."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray, users: np.ndarray):
+        order = np.argsort(scores, kind="stable")
+        sorted_scores = scores[order]
+        self.y, self.users = labels[order].astype(np.float64), users[order]
+        self.starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+
+    def __call__(self, user_weight: np.ndarray) -> float:
+        w = user_weight[self.users]
+        pos, neg = np.add.reduceat(w * self.y, self.starts), np.add.reduceat(w * (1 - self.y), self.starts)
+        below = np.cumsum(neg) - neg
+        return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+
+def paired_bootstrap(baseline: list, variant: list, n_users: int, resamples: int = 1000, seed: int = 0
+                     ) -> tuple[float, float, float]:
+    """Mean over seeds of (variant − baseline) and its 95 % percentile interval under resampling
+    users with replacement; the same users are drawn for both and for every seed (paired).
+    ``baseline``/``variant``: one metric per seed, each a function of per-user weights."""
+    rng = np.random.default_rng(seed)
+    ones = np.ones(n_users)
+    point = float(np.mean([v(ones) - b(ones) for b, v in zip(baseline, variant)]))
+    deltas = []
+    for _ in range(resamples):
+        weight = rng.multinomial(n_users, np.full(n_users, 1 / n_users)).astype(np.float64)
+        deltas.append(np.mean([v(weight) - b(weight) for b, v in zip(baseline, variant)]))
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def weighted_mean(values: np.ndarray, users: np.ndarray):
+    """Per-user values (e.g. NDCG@10) as a function of per-user weights: their weighted mean."""
+    return lambda weight: float((weight[users] * values).sum() / weight[users].sum())

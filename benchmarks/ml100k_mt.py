@@ -1,37 +1,54 @@
 """Benchmark protocol "ml100k-mt" on the reference rows: quality per architecture over 3 model
-seeds, next to torch-rechub 0.9.0 and DeepCTR-Torch 0.3.0 on the very same rows, and training
-speed against torch-rechub measured in the same run.
+seeds, next to torch-rechub 0.9.0 and DeepCTR-Torch 0.3.0 on the very same rows, an ablation of
+what polyrec adds (behaviour history, language-model text) with paired bootstrap intervals, and
+training speed against torch-rechub (and of the history model against the ID-only one) measured
+in the same run.
 
-    python benchmarks/ml100k_mt.py [--models single,sharedbottom,mmoe,ple,mmoe_esmm]
+    python benchmarks/ml100k_mt.py [--models single,sharedbottom,mmoe,ple,mmoe_esmm,mmoe+history,...]
                                    [--seeds 2024,2025,2026] [--max-epochs N] [--out DIR] [--no-rechub]
 
-The rows (train/valid/test with their pre-drawn negatives) come from the built-in dataset
-``ml100k-mt`` (configs/ml100k_mt.yaml), whose content hashes are those of the reference runs;
-they are recorded in the JSON. "Seeds" are train.seed: the rows are fixed. Runs are written to
+A model is ARCH[_esmm][+history][+text] (see common.protocol_config). The rows (train/valid/test
+with their pre-drawn negatives) come from the built-in dataset ``ml100k-mt``
+(configs/ml100k_mt.yaml), whose content hashes are those of the reference runs; they are
+recorded in the JSON. "Seeds" are train.seed: the rows are fixed. Runs are written to
 DIR/ml100k_mt.json as they finish and skipped when already there (re-running resumes; --fresh
-starts over). DIR/ml100k_mt.md has the table.
+starts over); each run's test predictions go to DIR/predictions/ (not committed) for the paired
+bootstrap: every model with "+" is compared with the model before its first "+" (its ID-only
+variant), resampling test users, the same draws for every seed. ``best`` is the model with the
+highest mean validation AUC, ``per_arch`` the same per architecture. DIR/ml100k_mt.md has the
+tables.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import flat_metrics, protocol_config, select_tasks, training_steps
+from common import (
+    WeightedAUC,
+    flat_metrics,
+    paired_bootstrap,
+    protocol_config,
+    select_tasks,
+    training_steps,
+    weighted_mean,
+)
 
 from polyrec.config import Config
 from polyrec.data.dataset import PreparedData, Samples, prepare
 from polyrec.data.ml100k_mt import rows_sha256
 from polyrec.data.sources import load_tables
-from polyrec.evaluate.evaluator import predict_logits
+from polyrec.evaluate.evaluator import evaluate_pointwise, evaluate_ranking, predict_logits
 from polyrec.models.network import MultiTaskModel
 from polyrec.recommender import MultiTaskRecommender
 
@@ -48,12 +65,14 @@ REFERENCE = {
                   "DeepCTR-Torch": [0.8447, 0.7996, 0.8711, 0.1243, 0.1073]},
 }
 REFERENCE_METRICS = ["watch_auc", "like_auc", "ctcvr_auc", "watch_ndcg@10", "like_ndcg@10"]
+ARCHS = ["single", "sharedbottom", "mmoe", "ple", "mmoe_esmm"]
 TIMED_SAMPLES = 150 * 1024  # per speed measurement, after a warm-up of 10 batches
 
 
 def inference_rate(model: MultiTaskModel, samples: Samples, repeats: int = 3) -> float:
     n = len(samples)
-    best = min(_timed(lambda: predict_logits(model, samples.user, samples.item)) for _ in range(repeats))
+    best = min(_timed(lambda: predict_logits(model, samples.user, samples.item, samples.history))
+               for _ in range(repeats))
     return n / best
 
 
@@ -63,20 +82,97 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_quality(cfg: Config, data: PreparedData, key: str) -> dict:
+def run_quality(cfg: Config, data: PreparedData, key: str, predictions: Path) -> dict:
     start = time.perf_counter()
     rec = MultiTaskRecommender(cfg).fit_prepared(data)
     seconds = time.perf_counter() - start
     result = rec.result
-    test = flat_metrics(rec.evaluate(ranking=True), cfg)
+    test = flat_metrics(evaluate_and_keep(rec, data, predictions / (key.replace("/", "-") + ".npz")), cfg)
     row = {"test": test, "valid_mean_auc": result.history[result.best_epoch - 1]["valid_mean_auc"],
            "params": rec.model.n_parameters(), "epochs": result.epochs, "best_epoch": result.best_epoch,
+           "threads": cfg.train.threads,
            "train_seconds": round(seconds, 1), "train_samples_per_s": round(result.train_samples_per_s),
            "infer_samples_per_s": round(inference_rate(rec.model, data.test.samples))}
     print(f"{key:>20}: watch {test['watch_auc']:.4f} like {test['like_auc']:.4f} ctcvr {test['ctcvr_auc']:.4f} "
           f"ndcg@10 {test['watch_ndcg@10']:.4f}/{test['like_ndcg@10']:.4f} | {result.epochs} epochs "
           f"{seconds:.0f}s {row['train_samples_per_s']:,} samples/s", flush=True)
     return row
+
+
+_worker_data: PreparedData | None = None
+
+
+def _worker_start(data: PreparedData) -> None:
+    global _worker_data
+    _worker_data = data
+
+
+def _worker_run(cfg: Config, key: str, predictions: Path) -> dict:
+    return run_quality(cfg.with_overrides(["train.threads=1"]), _worker_data, key, predictions)
+
+
+def evaluate_and_keep(rec: MultiTaskRecommender, data: PreparedData, path: Path) -> dict:
+    """The test metrics, keeping each test row's scores and each user's NDCG@10 in ``path``."""
+    objective, samples = rec.objective, data.test.samples
+    metrics, per_user = evaluate_pointwise(rec.model, objective, samples), {}
+    metrics["ranking"] = evaluate_ranking(rec.model, objective, data.test, len(data.catalog.item_ids), [10],
+                                          per_user=per_user)
+    scores = objective.scores(predict_logits(rec.model, samples.user, samples.item, samples.history))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, user=samples.user.numpy(), labels=samples.labels.numpy(),
+                        **{f"score:{k}": v.numpy() for k, v in scores.items()},
+                        **{f"{task}:{name}": v for task, values in per_user.items() for name, v in values.items()})
+    return metrics
+
+
+def ablation(runs: dict, models: list[str], seeds: list[int], predictions: Path, n_users: int) -> dict:
+    """Each ``BASE+...`` model against ``BASE`` on the same seeds: mean difference and the paired
+    user-level bootstrap 95 % interval, per metric."""
+    def metric_fns(name: str, metric: str) -> list:
+        fns = []
+        for seed in seeds:
+            saved = np.load(predictions / f"{name}-{seed}.npz")
+            users, labels = saved["user"], saved["labels"]
+            if metric.endswith("_auc"):
+                task = metric.removesuffix("_auc")
+                rows = ~np.isnan(labels[:, 0 if task in ("watch", "ctcvr") else 1])
+                y = labels[:, 0] * np.nan_to_num(labels[:, 1]) if task == "ctcvr" else labels[:, 0 if task == "watch" else 1]
+                fns.append(WeightedAUC(y[rows], saved[f"score:{task}"][rows], users[rows]))
+            else:
+                task = metric.split("_")[0]
+                fns.append(weighted_mean(saved[f"{task}:ndcg@10"], saved[f"{task}:user"]))
+        return fns
+
+    out = {}
+    for name in models:
+        base = name.split("+")[0]
+        done = lambda m: all((predictions / f"{m}-{s}.npz").exists() and f"{m}/{s}" in runs for s in seeds)  # noqa: E731
+        if "+" not in name or base not in models or not (done(name) and done(base)):
+            continue
+        out[name] = {"baseline": base, "seeds": seeds}
+        for metric in REFERENCE_METRICS:
+            delta, low, high = paired_bootstrap(metric_fns(base, metric), metric_fns(name, metric), n_users)
+            out[name][metric] = {"delta": round(delta, 4), "ci95": [round(low, 4), round(high, 4)]}
+        print(f"{'vs ' + base:>20}: {name} " + " ".join(f"{m} {v['delta']:+.4f} [{v['ci95'][0]:+.4f}, "
+                                                        f"{v['ci95'][1]:+.4f}]" for m, v in out[name].items()
+                                                        if isinstance(v, dict)), flush=True)
+    return out
+
+
+def best_by_validation(summary: dict) -> tuple[dict, dict]:
+    """The model with the highest mean validation AUC, overall and per architecture (its variants
+    compete), with its test means."""
+    def entry(name: str) -> dict:
+        return {"model": name, "valid_mean_auc": summary[name]["valid_mean_auc"],
+                **{m: summary[name]["mean"][m] for m in REFERENCE_METRICS}}
+
+    pick = lambda names: max(names, key=lambda n: summary[n]["valid_mean_auc"])  # noqa: E731
+    per_arch = {}
+    for arch in ARCHS:
+        names = [n for n in summary if n.split("+")[0] == arch]
+        if names:
+            per_arch[arch] = entry(pick(names))
+    return (entry(pick(list(summary))) if summary else {}), per_arch
 
 
 def summarize(runs: dict, models: list[str], seeds: list[int]) -> dict:
@@ -87,6 +183,7 @@ def summarize(runs: dict, models: list[str], seeds: list[int]) -> dict:
             continue
         metrics = {m: [r["test"][m] for r in done] for m in done[0]["test"]}
         summary[name] = {"mean": {m: round(statistics.fmean(v), 4) for m, v in metrics.items()},
+                         "valid_mean_auc": round(statistics.fmean(r["valid_mean_auc"] for r in done), 4),
                          "std": {m: round(statistics.stdev(v), 4) if len(v) > 1 else 0.0 for m, v in metrics.items()},
                          "seeds": len(done), "epochs": [r["epochs"] for r in done],
                          "params": done[0]["params"],
@@ -160,6 +257,20 @@ def run_speed(base: Config, data: PreparedData, archs: list[str], rounds: int = 
     return out
 
 
+def history_speed(base: Config, data: PreparedData, history: dict, rounds: int = 3) -> dict:
+    """Training samples/s of MMoE with and without the history, alternated, and their ratio."""
+    subset = data.train.subset(torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[
+        :TIMED_SAMPLES])
+    rates = {"mmoe": [], "mmoe+history": []}
+    for _ in range(rounds):
+        for name in rates:
+            rates[name].append(polyrec_epoch_rate(protocol_config(base, name, 1, history), data, subset))
+    out = {name: round(statistics.median(r)) for name, r in rates.items()}
+    out["ratio"] = round(out["mmoe+history"] / out["mmoe"], 2)
+    print(f"{'speed history':>14}: {out['mmoe+history']:,}/s vs ID-only {out['mmoe']:,}/s -> {out['ratio']}x", flush=True)
+    return out
+
+
 # ------------------------------------------------------------------ report
 def markdown(result: dict) -> str:
     def cell(name: str, metric: str) -> str:
@@ -171,6 +282,8 @@ def markdown(result: dict) -> str:
     for name, row in result["summary"].items():
         lines.append(f"| polyrec {name} | " + " | ".join(cell(name, m) for m in METRICS)
                      + f" | {row['seeds']} | {row['train_samples_per_s']:,} |")
+        if "+" in name:
+            continue
         for library, values in REFERENCE.get(name, {}).items():
             ref = dict(zip(REFERENCE_METRICS, values))
             lines.append(f"| *{library} {name}* | " + " | ".join(f"{ref[m]:.4f}" if m in ref else "–" for m in METRICS)
@@ -178,6 +291,25 @@ def markdown(result: dict) -> str:
     lines += ["", f"Rows: the reference rows (content sha256 train {result['rows_sha256']['train'][:12]}…, valid "
               f"{result['rows_sha256']['valid'][:12]}…, test {result['rows_sha256']['test'][:12]}…); "
               f"polyrec seeds {result['seeds']} (mean ± std); reference libraries as reported for these rows."]
+    if result.get("ablation"):
+        lines += ["", "Ablation: difference to the same architecture's ID-only model (mean of the paired seeds) and "
+                  "its paired user-level bootstrap 95 % interval (1,000 resamples of test users)", "",
+                  "| model | vs | " + " | ".join(REFERENCE_METRICS) + " |", "|---|---|" + "---|" * len(REFERENCE_METRICS)]
+        for name, row in result["ablation"].items():
+            lines.append(f"| {name} | {row['baseline']} | " + " | ".join(
+                f"{row[m]['delta']:+.4f} [{row[m]['ci95'][0]:+.4f}, {row[m]['ci95'][1]:+.4f}]"
+                for m in REFERENCE_METRICS) + " |")
+    if result.get("best"):
+        lines += ["", "Chosen on validation (mean validation AUC over seeds), test means:", "",
+                  "| | model | valid mean AUC | " + " | ".join(REFERENCE_METRICS) + " |",
+                  "|---|---|---|" + "---|" * len(REFERENCE_METRICS)]
+        for label, row in [("best", result["best"]), *result["per_arch"].items()]:
+            lines.append(f"| {label} | {row['model']} | {row['valid_mean_auc']:.4f} | "
+                         + " | ".join(f"{row[m]:.4f}" for m in REFERENCE_METRICS) + " |")
+    if result.get("history_speed"):
+        sp = result["history_speed"]
+        lines += ["", f"Training speed, MMoE with history vs ID-only (same run, alternated): {sp['mmoe+history']:,} vs "
+                  f"{sp['mmoe']:,} samples/s ({sp['ratio']}×)."]
     if result.get("speed"):
         lines += ["", "| training speed (same run, same data, batch 1024, float32) | polyrec samples/s | "
                   "torch-rechub 0.9.0 samples/s | speedup |", "|---|---|---|---|"]
@@ -198,7 +330,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="tasks of the config to train (add ',rating' for the optional regression task)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="config override applied to every model, e.g. model.dropout=0.2")
+    parser.add_argument("--history-encoder", default="attention", choices=["attention", "transformer"],
+                        help="the encoder of +history models")
     parser.add_argument("--no-rechub", action="store_true", help="skip the torch-rechub speed comparison")
+    parser.add_argument("--no-speed", action="store_true", help="skip every speed measurement")
+    parser.add_argument("--jobs", type=int, default=1, help="train this many runs at once, one thread each")
     parser.add_argument("--fresh", action="store_true", help="ignore the runs already in the JSON")
     args = parser.parse_args(argv)
     models, seeds = args.models.split(","), [int(s) for s in args.seeds.split(",")]
@@ -206,10 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     base = select_tasks(Config.from_yaml(args.config, args.overrides), args.tasks.split(","))
     torch.set_num_threads(base.train.threads or 2)
     tables = load_tables(base.data)
-    data = prepare(tables, base)
-    path = args.out / "ml100k_mt.json"
+    history = {"encoder": args.history_encoder}
+    data = prepare(tables, base.with_overrides(["history={}"]))   # rows with history spans; ID-only models ignore them
+    path, predictions = args.out / "ml100k_mt.json", args.out / "predictions"
     settings = {"max_epochs": args.max_epochs, "config": args.config.name, "tasks": args.tasks,
-                "overrides": args.overrides}
+                "overrides": args.overrides, "history": history,
+                "config_sha256": hashlib.sha256(base.model_dump_json().encode()).hexdigest()[:16]}
     saved = json.loads(path.read_text()) if path.exists() and not args.fresh else {}
     runs = saved.get("runs", {}) if saved.get("settings") == settings else {}
     result = {"protocol": "ml100k-mt (reference rows)", "rows_sha256": rows_sha256(tables), "seeds": seeds,
@@ -217,23 +355,31 @@ def main(argv: list[str] | None = None) -> None:
                                                 "python": platform.python_version(), "torch": torch.__version__},
               "reference": {name: {lib: dict(zip(REFERENCE_METRICS, v)) for lib, v in libs.items()}
                             for name, libs in REFERENCE.items()},
-              "speed": saved.get("speed", {}), "runs": runs}
+              "speed": saved.get("speed", {}), "history_speed": saved.get("history_speed", {}), "runs": runs}
 
     def write() -> None:
         result["summary"] = summarize(runs, models, seeds)
+        result["best"], result["per_arch"] = best_by_validation(result["summary"])
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1) + "\n")
         (args.out / "ml100k_mt.md").write_text(markdown(result))
 
-    for seed in seeds:
-        for name in models:
-            key = f"{name}/{seed}"
-            if key not in runs:
-                runs[key] = run_quality(protocol_config(base, name, args.max_epochs).with_overrides(
-                    [f"train.seed={seed}"]), data, key)
+    todo = [(f"{name}/{seed}", protocol_config(base, name, args.max_epochs, history).with_overrides(
+        [f"train.seed={seed}"])) for name in models for seed in seeds if f"{name}/{seed}" not in runs]
+    if args.jobs > 1:   # one thread per process: on few cores, small models train faster side by side
+        with ProcessPoolExecutor(args.jobs, initializer=_worker_start, initargs=(data,)) as pool:
+            jobs = {pool.submit(_worker_run, cfg, key, predictions): key for key, cfg in todo}
+            for job in as_completed(jobs):
+                runs[jobs[job]] = job.result()
                 write()
-    if not args.no_rechub:
-        result["speed"] = run_speed(base, data, ["mmoe", "sharedbottom"])
+    for key, cfg in todo if args.jobs == 1 else ():
+        runs[key] = run_quality(cfg, data, key, predictions)
+        write()
+    result["ablation"] = ablation(runs, models, seeds, predictions, len(data.catalog.user_ids))
+    if not args.no_speed:
+        result["history_speed"] = history_speed(base, data, history)
+        if not args.no_rechub:
+            result["speed"] = run_speed(base, data, ["mmoe", "sharedbottom"])
     write()
     print(markdown(result))
 

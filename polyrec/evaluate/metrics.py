@@ -69,11 +69,15 @@ class RankingAccumulator:
         self.sums = {f"{m}@{k}": 0.0 for k in self.ks for m in ("recall", "ndcg", "mrr", "hit")}
         self.users = 0
         self.recommended = {k: torch.zeros(n_items, dtype=torch.bool) for k in self.ks}
+        self.by_user: dict[str, list[torch.Tensor]] = {"user": [], **{f"ndcg@{k}": [] for k in self.ks}}
 
-    def add(self, top: torch.Tensor, truth: torch.Tensor) -> None:
-        """top: [U, K_max] ranked item indices; truth: [U, n_items] bool ground truth."""
+    def add(self, top: torch.Tensor, truth: torch.Tensor, users: torch.Tensor | None = None) -> None:
+        """top: [U, K_max] ranked item indices; truth: [U, n_items] bool ground truth; ``users`` [U]:
+        their ids, to keep each user's NDCG (:meth:`per_user`)."""
         n_truth = truth.sum(1)
         keep = n_truth > 0
+        if users is not None:
+            self.by_user["user"].append(users[keep])
         top, truth, n_truth = top[keep], truth[keep], n_truth[keep].double()
         hits = truth.gather(1, top).double()                      # [U, K_max]
         discount = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float64))
@@ -83,12 +87,19 @@ class RankingAccumulator:
             h = hits[:, :k]
             self.sums[f"recall@{k}"] += float((h.sum(1) / n_truth).sum())
             dcg = (h * discount[:k]).sum(1)
-            self.sums[f"ndcg@{k}"] += float((dcg / ideal[(n_truth.clamp(max=k) - 1).long()]).sum())
+            ndcg = dcg / ideal[(n_truth.clamp(max=k) - 1).long()]
+            self.sums[f"ndcg@{k}"] += float(ndcg.sum())
+            if users is not None:
+                self.by_user[f"ndcg@{k}"].append(ndcg)
             in_k = (first_hit > 0) & (first_hit <= k)
             self.sums[f"mrr@{k}"] += float(torch.where(in_k, 1.0 / first_hit.clamp(min=1), 0.0).sum())
             self.sums[f"hit@{k}"] += float(h.any(1).double().sum())
             self.recommended[k][top[:, :k].reshape(-1)] = True
         self.users += int(keep.sum())
+
+    def per_user(self) -> dict[str, np.ndarray]:
+        """Each evaluated user's id and NDCG@K (users passed to :meth:`add`), e.g. for a bootstrap."""
+        return {name: torch.cat(parts).numpy() if parts else np.zeros(0) for name, parts in self.by_user.items()}
 
     def result(self) -> dict[str, float]:
         out = {name: value / max(self.users, 1) for name, value in self.sums.items()}
