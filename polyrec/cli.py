@@ -1,4 +1,4 @@
-"""`polyrec` command line: train, distill, evaluate, recommend, quickstart.
+"""`polyrec` command line: train, distill, evaluate, predict, recommend, tune, quickstart.
 
 Results go to stdout; progress and errors go to stderr, so `--json` output stays parseable.
 """
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -186,6 +185,8 @@ def predict(run_dir: Path = typer.Argument(..., help="a directory written by `po
     from polyrec.data.sources import read_table
     from polyrec.recommender import MultiTaskRecommender
 
+    from polyrec.rundir import write_new_file
+
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise DataError(f"--out {out}: give a .parquet or .csv file name")
     if out.exists():
@@ -193,15 +194,8 @@ def predict(run_dir: Path = typer.Argument(..., help="a directory written by `po
                         "name or remove it")
     rec = MultiTaskRecommender.load(run_dir)
     scores = rec.predict_rows(read_table(data, "rows to score"), progress=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
-        (scores.to_parquet if out.suffix.lower() == ".parquet" else scores.to_csv)(partial, index=False)
-        os.link(partial, out)   # unlike a rename, never replaces a file that appeared meanwhile
-    except FileExistsError:
-        raise DataError(f"--out {out} appeared while scoring; polyrec does not replace it") from None
-    finally:
-        partial.unlink(missing_ok=True)
+    write_new_file(out, lambda partial: (scores.to_parquet if out.suffix.lower() == ".parquet" else scores.to_csv)(
+        partial, index=False))
     errors.print(Text(f"{len(scores):,} rows scored: {out}"))
 
 
@@ -253,6 +247,38 @@ def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `
         print(json.dumps({"user_id": user, "rank_by": rec._rank_by(), "items": items}, indent=2))
     else:
         print_recommendations(user, items, rec.objective.score_names, rec.config.data.verb)
+
+
+@app.command()
+@_guarded
+def tune(config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML experiment config to start from"),
+         space: Path = typer.Option(..., "--space", help="YAML search space: config key -> {low, high[, log]} or "
+                                    "{choices: [...]}"),
+         trials: int = typer.Option(20, "--trials", min=1),
+         out: Path = typer.Option(..., "--out", "-o", help="the best config (a new .yaml file); the trials go to "
+                                  "<out>.trials.jsonl"),
+         seed: int = typer.Option(0, "--seed", help="the sampler's seed"),
+         overrides: Optional[list[str]] = typer.Option(None, "--set", help="config override key=value")):
+    """Search hyperparameters on the validation split (Optuna TPE, pruned by epoch); writes the best config."""
+    from polyrec.rundir import write_new_file
+    from polyrec.tune import config_yaml, read_space
+    from polyrec.tune import tune as search
+
+    log = out.with_name(out.name + ".trials.jsonl")
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise DataError(f"--out {out}: give a .yaml file name")
+    for path in (out, log):
+        if path.exists():
+            raise DataError(f"--out: {path} already exists; polyrec does not replace files it did not write")
+    cfg, ranges = Config.from_yaml(config, overrides), read_space(space)
+    best, records = search(cfg, ranges, trials, seed)
+    done = [r for r in records if r["state"] == "complete"]
+    top = max(done, key=lambda r: r["valid_mean_auc"])
+    write_new_file(log, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in records)))
+    write_new_file(out, lambda p: p.write_text(config_yaml(best, f"polyrec tune: best of {len(records)} trials "
+                                                           f"(trial {top['number']}, validation mean AUC "
+                                                           f"{top['valid_mean_auc']:.4f}) from {config}")))
+    errors.print(Text(f"best validation mean AUC {top['valid_mean_auc']:.4f} with {top['params']}: {out}"))
 
 
 @app.command()

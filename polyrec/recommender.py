@@ -66,12 +66,13 @@ class MultiTaskRecommender:
         return self.fit_prepared(data, log_dir=log_dir)
 
     def fit_prepared(self, data: PreparedData, objective: Objective | None = None,
-                     log_dir: str | Path | None = None) -> MultiTaskRecommender:
+                     log_dir: str | Path | None = None, on_epoch=None) -> MultiTaskRecommender:
         """Train on data already through :func:`~polyrec.data.dataset.prepare` (to reuse one split).
 
         The language model encodes the catalog's texts here, when the config has a text section
         and ``data`` has none yet. ``objective`` replaces the config's training losses
         (distillation adds teacher terms); evaluation always uses the config's own.
+        ``on_epoch``: called with each epoch's record (see :func:`polyrec.train.trainer.train`).
         """
         cfg = self.config
         if cfg.text is not None and data.text is None:
@@ -93,7 +94,7 @@ class MultiTaskRecommender:
         result = None
         try:
             result = train(self.model, objective or self.objective, weighting, data.train, data.valid,
-                           len(self.catalog.item_ids), cfg.train, log)
+                           len(self.catalog.item_ids), cfg.train, log, on_epoch)
         finally:
             if log is not None:
                 log.close(result)

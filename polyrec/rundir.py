@@ -21,6 +21,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from polyrec.errors import RunError
 
@@ -171,3 +172,20 @@ class _TargetLock:
             self.path.unlink(missing_ok=True)   # while still holding the lock, so no one locks a dying file
             os.close(self.fd)
             self.fd = None
+
+
+def write_new_file(path: Path, write: Callable[[Path], None], option: str = "--out") -> None:
+    """Write a file that must not exist yet: ``write`` fills a private partial file, which is then
+    linked into place (unlike a rename, a link never replaces a file that appeared meanwhile)."""
+    if path.exists():
+        raise RunError(f"{option} {path} already exists; polyrec does not replace files it did not write: choose "
+                        "a new name or remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        write(partial)
+        os.link(partial, path)
+    except FileExistsError:
+        raise RunError(f"{option} {path} appeared while polyrec was writing it; polyrec does not replace it") from None
+    finally:
+        partial.unlink(missing_ok=True)

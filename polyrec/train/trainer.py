@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,11 +80,13 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
 
 
 def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples,
-          valid: EvalData, n_items: int, spec: TrainSpec, log: TrainLog | None = None) -> TrainResult:
+          valid: EvalData, n_items: int, spec: TrainSpec, log: TrainLog | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train ``model`` in place; the weights of the best validation epoch are restored at the end.
 
     Selection uses the validation split only (mean AUC over binary tasks); the test
-    split is never looked at here. ``log`` receives every step and epoch as they happen.
+    split is never looked at here. ``log`` receives every step and epoch as they happen;
+    ``on_epoch`` each epoch's record (it may raise to stop training, e.g. a pruned trial).
     """
     seed_everything(spec.seed, spec.threads)
     optimizer = make_optimizer(model, weighting, spec)
@@ -110,6 +113,8 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
         history.append(record)
         if log is not None:
             log.epoch(record)
+        if on_epoch is not None:
+            on_epoch(record)
         if spec.progress:
             losses_txt = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
             tqdm.write(f"epoch {epoch + 1}: loss {losses_txt} | valid mean AUC {score:.4f} | {n / seconds:,.0f} samples/s")
