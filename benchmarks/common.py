@@ -22,19 +22,21 @@ ITEM_TEMPLATE = "{title} ({release_year}). Genres: {genres}"
 
 
 def protocol_config(base: Config, name: str, max_epochs: int, history: dict | None = None) -> Config:
-    """``ARCH[_esmm][+history][+text]``: ``ARCH`` (single/sharedbottom/mmoe/ple) on the protocol's
-    inputs (IDs and categorical side features, no ID dropout), ``_esmm`` with ESMM's loss,
-    ``+history`` with the user's behaviour history (``history`` section; default length 20,
-    attention), ``+text`` with the items' language-model text (in the history too)."""
+    """``ARCH[_esmm][+stats][+history][+text]``: ``ARCH`` (single/sharedbottom/mmoe/ple) on the
+    protocol's inputs (IDs and categorical side features, no ID dropout), ``_esmm`` with ESMM's
+    loss, ``+stats`` with leak-free statistics (``stats`` section, defaults), ``+history`` with the
+    user's behaviour history (``history`` section; default length 20, attention), ``+text`` with
+    the items' language-model text (in the history too)."""
     model, *extras = name.split("+")
     arch, _, suffix = model.partition("_")
     if suffix not in ("", "esmm") or arch not in ("single", "sharedbottom", "mmoe", "ple") or \
-            set(extras) - {"history", "text"}:
-        raise SystemExit(f"unknown model '{name}': use ARCH[_esmm][+history][+text] with ARCH in "
+            set(extras) - {"stats", "history", "text"}:
+        raise SystemExit(f"unknown model '{name}': use ARCH[_esmm][+stats][+history][+text] with ARCH in "
                          "single/sharedbottom/mmoe/ple")
     raw = base.with_overrides([f"model.arch={arch}", f"model.esmm={suffix == 'esmm'}", "model.oov_dropout={}",
                                f"train.max_epochs={max_epochs}", "train.progress=false"]).model_dump()
     raw["history"] = {"length": 20, **(history or {})} if "history" in extras else None
+    raw["stats"] = {} if "stats" in extras else None
     raw["text"] = {"model": "all-MiniLM-L6-v2", "item_template": ITEM_TEMPLATE} if "text" in extras else None
     return Config.from_dict(raw)
 

@@ -7,7 +7,7 @@ in the same run.
     python benchmarks/ml100k_mt.py [--models single,sharedbottom,mmoe,ple,mmoe_esmm,mmoe+history,...]
                                    [--seeds 2024,2025,2026] [--max-epochs N] [--out DIR] [--no-rechub]
 
-A model is ARCH[_esmm][+history][+text] (see common.protocol_config). The rows (train/valid/test
+A model is ARCH[_esmm][+stats][+history][+text] (see common.protocol_config). The rows (train/valid/test
 with their pre-drawn negatives) come from the built-in dataset ``ml100k-mt``
 (configs/ml100k_mt.yaml), whose content hashes are those of the reference runs; they are
 recorded in the JSON. "Seeds" are train.seed: the rows are fixed. Runs are written to
@@ -71,7 +71,7 @@ TIMED_SAMPLES = 150 * 1024  # per speed measurement, after a warm-up of 10 batch
 
 def inference_rate(model: MultiTaskModel, samples: Samples, repeats: int = 3) -> float:
     n = len(samples)
-    best = min(_timed(lambda: predict_logits(model, samples.user, samples.item, samples.history))
+    best = min(_timed(lambda: predict_logits(model, samples.user, samples.item, samples.context()))
                for _ in range(repeats))
     return n / best
 
@@ -117,7 +117,7 @@ def evaluate_and_keep(rec: MultiTaskRecommender, data: PreparedData, path: Path)
     metrics, per_user = evaluate_pointwise(rec.model, objective, samples), {}
     metrics["ranking"] = evaluate_ranking(rec.model, objective, data.test, len(data.catalog.item_ids), [10],
                                           per_user=per_user)
-    scores = objective.scores(predict_logits(rec.model, samples.user, samples.item, samples.history))
+    scores = objective.scores(predict_logits(rec.model, samples.user, samples.item, samples.context()))
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, user=samples.user.numpy(), labels=samples.labels.numpy(),
                         **{f"score:{k}": v.numpy() for k, v in scores.items()},
@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(base.train.threads or 2)
     tables = load_tables(base.data)
     history = {"encoder": args.history_encoder}
-    data = prepare(tables, base.with_overrides(["history={}"]))   # rows with history spans; ID-only models ignore them
+    # rows with history spans and statistics; models without those sections ignore them
+    data = prepare(tables, base.with_overrides(["history={}", "stats={}"]))
     path, predictions = args.out / "ml100k_mt.json", args.out / "predictions"
     settings = {"max_epochs": args.max_epochs, "config": args.config.name, "tasks": args.tasks,
                 "overrides": args.overrides, "history": history,

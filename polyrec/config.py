@@ -226,6 +226,17 @@ class HistorySpec(_Strict):
     text: bool = True
 
 
+class StatsSpec(_Strict):
+    """Leak-free statistics as numeric inputs, from each row's user's and item's interactions
+    strictly before the row's time (train rows: train period; valid and test rows: train and valid
+    periods): the user's activity, the item's popularity (all time and in the last ``window`` time
+    units of data.time_col, e.g. seconds) and the item's mean of every task label, shrunk toward
+    the overall mean by ``shrinkage`` pseudo-interactions (see :func:`polyrec.data.history.statistics`)."""
+
+    window: float = Field(30 * 24 * 3600, gt=0)
+    shrinkage: float = Field(10.0, ge=0)
+
+
 class WeightingSpec(_Strict):
     method: str = "static"
     options: dict = Field(default_factory=dict)
@@ -293,6 +304,7 @@ class Config(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     text: TextSpec | None = None
     history: HistorySpec | None = None
+    stats: StatsSpec | None = None
     weighting: WeightingSpec = Field(default_factory=WeightingSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -324,10 +336,11 @@ class Config(_Strict):
             if name not in categorical or not 0 <= p < 1:
                 raise ValueError(f"model.oov_dropout: '{name}: {p}' needs a categorical or bucket feature "
                                  f"({sorted(categorical)}) and a probability in [0, 1)")
+        for section in ("history", "stats"):
+            if getattr(self, section) is not None and (self.data.time_col is None or self.data.item_col is None):
+                raise ValueError(f"{section} reads interactions in time order: it needs data.time_col and "
+                                 f"data.item_col (or remove the {section} section)")
         if self.history is not None:
-            if self.data.time_col is None or self.data.item_col is None:
-                raise ValueError("history reads each user's interactions in time order: it needs data.time_col and "
-                                 "data.item_col (or remove the history section)")
             if self.history.encoder == "transformer" and self.model.embed_dim % self.history.heads:
                 raise ValueError(f"history.heads ({self.history.heads}) must divide model.embed_dim "
                                  f"({self.model.embed_dim})")

@@ -17,11 +17,6 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor, per_row: bool = False
     return (values * mask).sum() / (len(mask) if per_row else mask.sum().clamp(min=1))
 
 
-def rows_history(samples, idx: torch.Tensor) -> torch.Tensor | None:
-    """The history spans of rows ``idx`` of ``samples`` (None without a history section)."""
-    return samples.history[idx] if samples.history is not None else None
-
-
 class Objective:
     """Turns logits [B, T] and labels [B, T] (NaN = no label) into per-task losses [T].
 
@@ -60,7 +55,7 @@ class Objective:
     def batch_losses(self, model: torch.nn.Module, data, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-task losses [T] of the training rows ``idx`` of ``data`` and the shared representation
         they came from (what the trainer hands to the weighting)."""
-        logits, shared = model.forward_shared(data.user[idx], data.item[idx], rows_history(data, idx))
+        logits, shared = model.forward_shared(data.user[idx], data.item[idx], **data.context(idx))
         return self.losses(logits, data.labels[idx]), shared
 
     def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch
 
 from polyrec.config import HistorySpec
 from polyrec.data.dataset import prepare
+from polyrec.data.history import EventLog, statistics
 from polyrec.data.tables import Tables
 from polyrec.errors import ConfigError
 from polyrec.models.history import CausalTransformer, EventTable, HistoryBlock, TargetAttention
@@ -171,3 +172,37 @@ def test_history_off_is_unchanged_and_history_needs_time():
         make_config(data__time_col="null").with_overrides(HISTORY)
     data = prepare(make_tables(), make_config())
     assert data.train.history is None and data.histories is None
+
+
+def test_statistics_count_only_earlier_events_with_shrinkage():
+    log = EventLog.of(np.array([0, 0, 1, 1]), np.array([5, 5, 5, 6]), np.array([1.0, 2.0, 3.0, 4.0]),
+                      np.array([[1, 1], [0, 1], [1, 1], [1, 1]], np.float32))
+    at = statistics(log, np.array([1, 0]), np.array([5, 6]), np.array([3.5, 1.0]), window=2, shrinkage=2)
+    # user 1: one event before 3.5; item 5: three before, two in [1.5, 3.5); its like mean 2/3 shrunk
+    # toward the log's 3/4 by 2 pseudo-events: (2 + 1.5) / 5
+    np.testing.assert_allclose(at[0], np.log1p([1, 3, 2]).tolist() + [0.7], rtol=1e-6)
+    np.testing.assert_allclose(at[1], [0, 0, 0, 0.75], rtol=1e-6)           # nothing before t=1: the mean
+    now = statistics(log, np.array([1]), np.array([6]), None, window=2, shrinkage=2)
+    np.testing.assert_allclose(now[0], np.log1p([2, 1, 1]).tolist() + [(1 + 1.5) / 3], rtol=1e-6)
+    assert np.isfinite(statistics(log, np.array([0]), np.array([9]), None, window=2, shrinkage=0)).all()
+
+
+def test_row_statistics_exclude_the_row_and_later_periods(tmp_path):
+    config = make_config(data__split__method="column", data__negatives__per_positive=0).with_overrides(
+        ["stats={window: 100, shrinkage: 0}"])
+    data = prepare(timeline_tables(), config)
+    rows = lambda s: {(data.catalog.user_ids[u], data.catalog.item_ids[i]): st[:2]  # noqa: E731
+                      for u, i, st in zip(s.user.tolist(), s.item.tolist(), np.expm1(s.stats.numpy()).round(6))}
+    train, valid = rows(data.train), rows(data.valid.samples)
+    assert train[("a", "i1")].tolist() == [0, 0]        # its own interaction is not "before"
+    assert train[("a", "i3")].tolist() == [1, 0]        # a's i2 at the same time is not either
+    assert train[("b", "i1")].tolist() == [0, 1]        # a's i1, from the train period
+    assert valid[("b", "i2")].tolist() == [1, 1]
+    rec = MultiTaskRecommender(config.with_overrides(["train.max_epochs=1", "eval.ranking=false"])).fit(
+        timeline_tables())
+    path = rec.save(tmp_path / "run")
+    loaded = MultiTaskRecommender.load(path)
+    pd.testing.assert_frame_equal(loaded.predict(["a", "b"], ["i5", "i1"]), rec.predict(["a", "b"], ["i5", "i1"]))
+    assert loaded.evaluate() == rec.evaluate()
+    loaded.add_items(pd.DataFrame({"item": ["fresh"], "price": [2.0], "tags": ["a"], "name": ["Fresh"]}))
+    assert np.isfinite(loaded.predict(["a"], ["fresh"])["click"]).all()

@@ -14,7 +14,7 @@ import torch
 
 from polyrec.config import Config, FeatureSpec
 from polyrec.data.features import EncodedSide, FeatureEncoder
-from polyrec.data.history import EventLog, Histories, feedback_features
+from polyrec.data.history import EventLog, Histories, feedback_features, statistics
 from polyrec.data.negatives import sample_negatives
 from polyrec.data.sources import read_table
 from polyrec.data.split import TEST, TRAIN, VALID, split_rows
@@ -32,21 +32,27 @@ def _column(frame: pd.DataFrame, name: str) -> torch.Tensor:
 @dataclass
 class Samples:
     """Labelled (user, item) rows by catalog index; ``labels[:, t]`` is NaN where task t has no label.
-    ``history`` (with a history section): each row's span of the model's event log, see
-    :mod:`polyrec.data.history`."""
+    Each row's moment, where the config reads one (see :mod:`polyrec.data.history`): ``history``,
+    its span of the model's event log, and ``stats``, its statistics."""
 
     user: torch.Tensor    # [N] int64
     item: torch.Tensor    # [N] int64
     labels: torch.Tensor  # [N, T] float32
     history: torch.Tensor | None = None  # [N, 2] int64 (start, end)
+    stats: torch.Tensor | None = None    # [N, S] float32
 
     def __len__(self) -> int:
         return len(self.user)
 
+    def context(self, rows: torch.Tensor | slice | None = None) -> dict[str, torch.Tensor]:
+        """What the model reads besides (user, item) for ``rows`` (all rows when None): keyword
+        arguments of :meth:`~polyrec.models.network.MultiTaskModel.forward`."""
+        parts = {"history": self.history, "stats": self.stats}
+        return {k: v if rows is None else v[rows] for k, v in parts.items() if v is not None}
+
     def subset(self, mask: np.ndarray | torch.Tensor) -> Samples:
         mask = torch.as_tensor(mask)
-        return Samples(self.user[mask], self.item[mask], self.labels[mask],
-                       self.history[mask] if self.history is not None else None)
+        return Samples(self.user[mask], self.item[mask], self.labels[mask], **self.context(mask))
 
     def to_frame(self, task_names: list[str]) -> pd.DataFrame:
         frame = pd.DataFrame({"user": self.user.numpy(), "item": self.item.numpy()})
@@ -54,6 +60,8 @@ class Samples:
             frame[f"label:{name}"] = self.labels[:, t].numpy()
         if self.history is not None:
             frame["history_start"], frame["history_end"] = self.history[:, 0].numpy(), self.history[:, 1].numpy()
+        for k in range(self.stats.shape[1] if self.stats is not None else 0):
+            frame[f"stat:{k}"] = self.stats[:, k].numpy()
         return frame
 
     @classmethod
@@ -61,7 +69,9 @@ class Samples:
         labels = np.stack([frame[f"label:{n}"].to_numpy(np.float32) for n in task_names], 1)
         history = torch.from_numpy(frame[["history_start", "history_end"]].to_numpy(np.int64, copy=True)) \
             if "history_start" in frame else None
-        return cls(_column(frame, "user"), _column(frame, "item"), torch.from_numpy(labels), history)
+        stats = [c for c in frame if c.startswith("stat:")]
+        stats = torch.from_numpy(frame[stats].to_numpy(np.float32, copy=True)) if stats else None
+        return cls(_column(frame, "user"), _column(frame, "item"), torch.from_numpy(labels), history, stats)
 
 
 @dataclass
@@ -136,7 +146,7 @@ class PreparedData:
     users: EncodedSide | None = None
     items: EncodedSide | None = None
     text: TextInputs | None = None        # language-model inputs (with_text), when config.text is set
-    histories: Histories | None = None    # event logs the rows' history spans point into (config.history)
+    histories: Histories | None = None    # event logs of the rows' histories and statistics (config.history/stats)
 
     def with_features(self, features: list[FeatureSpec]) -> PreparedData:
         """Feature vocabularies fitted on the users and items of the training rows (an ID no
@@ -213,7 +223,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
         neg_labels[t] = spec.negatives.labels.get(task.col, np.nan)
 
     histories = None
-    if config.history is not None:
+    if config.history is not None or config.stats is not None:
         def log(rows):
             return EventLog.of(user[rows], item[rows], time[rows], feedback_features(
                 labels[rows], tasks, labels[(split == TRAIN) & positive]))
@@ -232,10 +242,13 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
             y = np.concatenate([y, np.tile(neg_labels, (len(neg_i), 1))])
             if t is not None:   # a sampled negative shares its positive's moment, and so its history
                 t = np.concatenate([t, np.repeat(time[rows & positive], k)])
-        spans = None
-        if histories is not None:
+        spans = stats = None
+        if config.history is not None:
             spans = torch.from_numpy(histories.train_spans(u, t) if code == TRAIN else histories.known_spans(u, t))
-        return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y), spans)
+        if config.stats is not None:
+            log = histories.train if code == TRAIN else histories.known
+            stats = torch.from_numpy(statistics(log, u, i, t, config.stats.window, config.stats.shrinkage))
+        return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y), spans, stats)
 
     train = samples_of(TRAIN)
 

@@ -35,16 +35,48 @@ class EventLog:
     def spans(self, user: np.ndarray, time: np.ndarray | None = None) -> np.ndarray:
         """[N, 2] (start, end) of each ``user``'s events strictly before ``time`` (all of them
         where ``time`` is None): an event at the row's own time is never in its history."""
-        user = np.asarray(user, np.int64)
-        start = np.searchsorted(self.user, user, "left")
-        if time is None:
-            return np.stack([start, np.searchsorted(self.user, user, "right")], 1)
-        # (user, time) pairs as one sortable integer: user-major, time by its rank among all times
-        ranks = np.unique(np.concatenate([self.time, np.asarray(time, np.float64)]), return_inverse=True)[1]
-        width = ranks.max(initial=0) + 1
-        keys = self.user * width + ranks[:len(self)]
-        end = np.searchsorted(keys, user * width + ranks[len(self):], "left")
-        return np.stack([start, end], 1)
+        return _spans(self.user, self.time, np.asarray(user, np.int64), time)
+
+
+def _spans(group: np.ndarray, time: np.ndarray, query: np.ndarray, query_time: np.ndarray | None) -> np.ndarray:
+    """For events sorted by (group, time): [N, 2] (start, end) of each query group's events strictly
+    before its query time (all of them where ``query_time`` is None)."""
+    start = np.searchsorted(group, query, "left")
+    if query_time is None:
+        return np.stack([start, np.searchsorted(group, query, "right")], 1)
+    # (group, time) pairs as one sortable integer: group-major, time by its rank among all times
+    ranks = np.unique(np.concatenate([time, np.asarray(query_time, np.float64)]), return_inverse=True)[1]
+    width = ranks.max(initial=0) + 1
+    keys = group * width + ranks[:len(time)]
+    return np.stack([start, np.searchsorted(keys, query * width + ranks[len(time):], "left")], 1)
+
+
+def statistics(log: EventLog, user: np.ndarray, item: np.ndarray, time: np.ndarray | None, window: float,
+               shrinkage: float) -> np.ndarray:
+    """[N, 2 + 1 + K] leak-free statistics of each row, from the log's events strictly before the
+    row's time (all of them where ``time`` is None): log(1 + the user's events), log(1 + the
+    item's events) and log(1 + the item's events in the last ``window`` time units), then per
+    feedback value (see :func:`feedback_features`) the item's mean, shrunk toward the log's mean
+    by ``shrinkage`` pseudo-events (a new item reads the mean)."""
+    user, item = np.asarray(user, np.int64), np.asarray(item, np.int64)
+    order = np.lexsort((log.time, log.item))
+    by_item, item_time, values = log.item[order], log.time[order], log.feedback[order, 0::2].astype(np.float64)
+    labelled = log.feedback[order, 1::2].astype(np.float64)
+    users = _spans(log.user, log.time, user, time)
+    items = _spans(by_item, item_time, item, time)
+    last = np.full(len(item), log.time.max(initial=0)) if time is None else np.asarray(time, np.float64)
+    recent = items[:, 1] - _spans(by_item, item_time, item, last - window)[:, 1].clip(min=items[:, 0])
+    prefix = lambda x: np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, 0)])  # noqa: E731
+    sums, counts = prefix(values * labelled), prefix(labelled)
+    total, n = sums[-1], counts[-1]
+    prior = np.divide(total, n, out=np.zeros_like(total), where=n > 0)
+    item_sum = sums[items[:, 1]] - sums[items[:, 0]]
+    item_n = counts[items[:, 1]] - counts[items[:, 0]]
+    weight = item_n + shrinkage
+    means = np.divide(item_sum + shrinkage * prior, weight, out=np.broadcast_to(prior, item_sum.shape).copy(),
+                      where=weight > 0)
+    out = [np.log1p(users[:, 1] - users[:, 0]), np.log1p(items[:, 1] - items[:, 0]), np.log1p(recent)]
+    return np.column_stack(out + [means]).astype(np.float32)
 
 
 def feedback_features(labels: np.ndarray, tasks: list[TaskSpec], train_labels: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ language model runs while distilling or serving.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 
 from polyrec.config import Config, DistillSpec, read_yaml
 from polyrec.data.dataset import PreparedData, Samples, prepare
+from polyrec.data.history import statistics
 from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables
 from polyrec.distill.objective import DistillObjective, ranking_log_score
@@ -33,9 +36,9 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     check_compatible(teacher, config)
     spec = config.distill or DistillSpec()
     seed_everything(config.train.seed, config.train.threads)
-    # rows carry history spans when the teacher or the student reads histories
-    rows_config = config if config.history or not teacher.config.history else config.model_copy(
-        update={"history": teacher.config.history})
+    # rows carry histories and statistics when the teacher or the student reads them
+    rows_config = config.model_copy(update={k: getattr(config, k) or getattr(teacher.config, k)
+                                            for k in ("history", "stats")})
     data = prepare(tables if tables is not None else load_tables(config.data), rows_config)
     if data.catalog.user_ids != teacher.catalog.user_ids or data.catalog.item_ids != teacher.catalog.item_ids:
         raise DataError("the student's data does not have the teacher's users and items: distill from the "
@@ -43,8 +46,9 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     unseen = unseen_pairs(data)
     new_items = torch.zeros_like(unseen)
     new_items[:, torch.from_numpy(data.cold_items)] = True
-    train = with_unlabeled_pairs(data, data.train, unseen, spec.unlabeled_per_user, config.train.seed)
-    train = with_unlabeled_pairs(data, train, new_items, spec.new_items_per_user, config.train.seed + 1)
+    context = functools.partial(train_period_context, data, rows_config)
+    train = with_unlabeled_pairs(data.train, unseen, spec.unlabeled_per_user, config.train.seed, context)
+    train = with_unlabeled_pairs(train, new_items, spec.new_items_per_user, config.train.seed + 1, context)
     data = data.with_train(train)   # the vocabulary now covers the new items of the unlabeled pairs
     if config.text is not None:
         data = data.with_text(teacher.text)
@@ -53,8 +57,8 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
                                               next(t.name for t in config.tasks if t.kind == "binary"))
     candidates = scores = torch.empty(0, 0)
     if spec.ranking_weight:
-        candidates, scores = ranking_candidates(teacher, data, unseen, spec, rank_task, config.train.seed)
-    teacher_logits = predict_logits(teacher.model, data.train.user, data.train.item, data.train.history)
+        candidates, scores = ranking_candidates(teacher, unseen, spec, rank_task, config.train.seed, context)
+    teacher_logits = predict_logits(teacher.model, data.train.user, data.train.item, data.train.context())
     objective = DistillObjective(student.objective, spec, teacher_logits,
                                  candidates, scores, rank_task, config.train.seed,
                                  teacher.model if spec.hidden_weight else None)
@@ -103,10 +107,10 @@ def unseen_pairs(data: PreparedData) -> torch.Tensor:
     return mask
 
 
-def with_unlabeled_pairs(data: PreparedData, train: Samples, allowed: torch.Tensor, per_user: int,
-                         seed: int) -> Samples:
+def with_unlabeled_pairs(train: Samples, allowed: torch.Tensor, per_user: int, seed: int,
+                         context: Callable[[torch.Tensor, torch.Tensor], dict] | None = None) -> Samples:
     """``train`` plus ``per_user`` random items per user where ``allowed`` [users, items], with no labels
-    (and, with histories, each user's whole train-period history)."""
+    (and ``context(users, items)``: what the rows carry besides, see :func:`train_period_context`)."""
     per_user = min(per_user, int(allowed.sum(1).min()))
     if not per_user:
         return train
@@ -114,31 +118,35 @@ def with_unlabeled_pairs(data: PreparedData, train: Samples, allowed: torch.Tens
     items = torch.multinomial(allowed.float(), per_user, generator=generator)   # [users, per_user]
     users = torch.arange(len(items))[:, None].expand_as(items)
     labels = torch.full((items.numel(), train.labels.shape[1]), float("nan"))
-    history = None
-    if train.history is not None:
-        history = torch.cat([train.history, train_period_spans(data, users.flatten())])
+    added = context(users.flatten(), items.flatten()) if context is not None else {}
     return Samples(torch.cat([train.user, users.flatten()]), torch.cat([train.item, items.flatten()]),
-                   torch.cat([train.labels, labels]), history)
+                   torch.cat([train.labels, labels]), **{k: torch.cat([v, added[k]]) for k, v in train.context().items()})
 
 
-def train_period_spans(data: PreparedData, users: torch.Tensor) -> torch.Tensor | None:
-    """Each user's whole train-period history (what a teacher may read when labelling training
-    pairs); None without histories."""
-    return torch.from_numpy(data.histories.train_spans(users.numpy())) if data.histories is not None else None
+def train_period_context(data: PreparedData, config: Config, users: torch.Tensor, items: torch.Tensor) -> dict:
+    """For (user, item) pairs scored at the end of the train period (pairs a teacher labels for
+    training): the user's whole train-period history and the pair's statistics then."""
+    out = {}
+    if config.history is not None:
+        out["history"] = torch.from_numpy(data.histories.train_spans(users.numpy()))
+    if config.stats is not None:
+        out["stats"] = torch.from_numpy(statistics(data.histories.train, users.numpy(), items.numpy(), None,
+                                                   config.stats.window, config.stats.shrinkage))
+    return out
 
 
-def ranking_candidates(teacher: MultiTaskRecommender, data: PreparedData, unseen: torch.Tensor, spec: DistillSpec,
-                       rank_task: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ranking_candidates(teacher: MultiTaskRecommender, unseen: torch.Tensor, spec: DistillSpec, rank_task: int,
+                       seed: int, context: Callable[[torch.Tensor, torch.Tensor], dict] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per user: the teacher's top unseen items and random unseen ones [users, C], with the
-    teacher's ranking scores on them [users, C]."""
+    teacher's ranking scores on them [users, C] (``context``: see :func:`with_unlabeled_pairs`)."""
     n_users, n_items = unseen.shape
     parent = teacher.objective.parent[rank_task]
     scores = torch.empty(n_users, n_items)
     for start in range(0, n_users, 64):
         users = torch.arange(start, min(start + 64, n_users))
-        pairs = users.repeat_interleave(n_items)
-        logits = predict_logits(teacher.model, pairs, torch.arange(n_items).repeat(len(users)),
-                                train_period_spans(data, pairs))
+        pairs, items = users.repeat_interleave(n_items), torch.arange(n_items).repeat(len(users))
+        logits = predict_logits(teacher.model, pairs, items, context(pairs, items) if context is not None else None)
         scores[users] = ranking_log_score(logits, rank_task, parent).view(len(users), n_items)
     top = scores.masked_fill(~unseen, -np.inf).topk(spec.ranking_top, 1).indices
     rest = unseen.clone()

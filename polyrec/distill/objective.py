@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from polyrec.config import DistillSpec
-from polyrec.objective import Objective, rows_history
+from polyrec.objective import Objective
 
 
 def soft_label_losses(student: torch.Tensor, teacher: torch.Tensor, binary: torch.Tensor,
@@ -65,14 +65,14 @@ class DistillObjective(Objective):
 
     def batch_losses(self, model, data, idx):
         spec = self.spec
-        history = rows_history(data, idx)
-        logits, shared = model.forward_shared(data.user[idx], data.item[idx], history)
+        context = data.context(idx)
+        logits, shared = model.forward_shared(data.user[idx], data.item[idx], **context)
         soft = soft_label_losses(logits, self.teacher_logits[idx], self.binary, spec.temperature)
         losses = (1 - spec.soft_weight) * self.losses(logits, data.labels[idx]) + spec.soft_weight * soft
         if spec.hidden_weight:
             with torch.no_grad():
                 self.teacher.eval()
-                _, teacher_shared = self.teacher.forward_shared(data.user[idx], data.item[idx], history)
+                _, teacher_shared = self.teacher.forward_shared(data.user[idx], data.item[idx], **context)
             hidden = similarity_loss(shared, teacher_shared)
             losses = losses + spec.hidden_weight * hidden / len(losses)   # shared by the tasks equally
         if spec.ranking_weight:

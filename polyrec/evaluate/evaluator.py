@@ -12,18 +12,20 @@ from polyrec.objective import Objective
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, user: torch.Tensor, item: torch.Tensor,
-                   history: torch.Tensor | None = None, batch_size: int = 4096) -> torch.Tensor:
-    """Outputs [N, T] in batches; ``history`` [N, 2]: the rows' history spans (None: all known)."""
+                   context: dict[str, torch.Tensor] | None = None, batch_size: int = 4096) -> torch.Tensor:
+    """Outputs [N, T] in batches; ``context``: the rows' own moment (:meth:`Samples.context`);
+    without it, every row reads what is known now."""
     model.eval()
-    span = lambda a: history[a:a + batch_size] if history is not None else None  # noqa: E731
-    return torch.cat([model(user[a:a + batch_size], item[a:a + batch_size], span(a))
+    context = context or {}
+    return torch.cat([model(user[a:a + batch_size], item[a:a + batch_size],
+                            **{k: v[a:a + batch_size] for k, v in context.items()})
                       for a in range(0, len(user), batch_size)]) if len(user) else torch.empty(0)
 
 
 def evaluate_pointwise(model, objective: Objective, samples: Samples) -> dict[str, dict[str, float]]:
     """Per task on rows where it has a label; per joint on rows where its parent has one."""
     scores = {k: v.numpy() for k, v in objective.scores(predict_logits(model, samples.user, samples.item,
-                                                                   samples.history)).items()}
+                                                                   samples.context())).items()}
     labels, users = samples.labels.numpy(), samples.user.numpy()
     out = {}
     for t, (task, parent) in enumerate(zip(objective.tasks, objective.parent)):

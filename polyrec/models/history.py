@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polyrec.config import HistorySpec
-from polyrec.data.history import Histories
+import numpy as np
+
+from polyrec.config import HistorySpec, StatsSpec
+from polyrec.data.history import Histories, statistics
 
 
 class EventTable(nn.Module):
@@ -45,6 +47,45 @@ class EventTable(nn.Module):
         mask = index >= spans[:, :1]
         index = index.masked_fill(~mask, 0)
         return self.item[index], self.feedback[index], mask
+
+
+class StatsTable(nn.Module):
+    """Each user's and item's statistics as known now (buffers), for rows without their own moment
+    (recommending, scoring new pairs); see :func:`polyrec.data.history.statistics`."""
+
+    def __init__(self, user: torch.Tensor, item: torch.Tensor, unseen: torch.Tensor):
+        super().__init__()
+        self.register_buffer("user", user)       # [U, 1]: activity
+        self.register_buffer("item", item)       # [I, S - 1]: popularity and label means
+        self.register_buffer("unseen", unseen)   # [S - 1]: an item without interactions
+
+    @classmethod
+    def of(cls, histories: Histories, n_users: int, n_items: int, spec: StatsSpec) -> StatsTable:
+        def read(users, items):
+            return torch.from_numpy(statistics(histories.known, users, items, None, spec.window, spec.shrinkage))
+
+        none = np.zeros(max(n_users, n_items), np.int64)
+        # catalog index n_items is in no event: it reads as an item without interactions
+        return cls(read(np.arange(n_users), none[:n_users])[:, :1], read(none[:n_items], np.arange(n_items))[:, 1:],
+                   read(none[:1], np.array([n_items]))[0, 1:])
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], prefix: str = "stats.") -> StatsTable:
+        return cls(*(state[prefix + key] for key in ("user", "item", "unseen")))
+
+    @property
+    def width(self) -> int:
+        return self.user.shape[1] + self.item.shape[1]
+
+    def append(self, side: str, count: int) -> None:
+        """New users start with no activity; new items with no interactions."""
+        if side == "user":
+            self.user = torch.cat([self.user, self.user.new_zeros(count, self.user.shape[1])])
+        else:
+            self.item = torch.cat([self.item, self.unseen.expand(count, -1)])
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        return stats if stats is not None else torch.cat([self.user[user], self.item[item]], 1)
 
 
 class TargetAttention(nn.Module):

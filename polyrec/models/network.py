@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from polyrec.config import HistorySpec, ModelSpec, TextSpec
-from polyrec.models.history import EventTable, HistoryBlock
+from polyrec.models.history import EventTable, HistoryBlock, StatsTable
 from polyrec.models.layers import (
     FeatureEmbedding,
     FeatureTables,
@@ -27,9 +27,11 @@ class TaskNetwork(nn.Module):
     features → logits [B, T]."""
 
     def __init__(self, num_embeddings: int, tables: FeatureTables, n_tasks: int, spec: ModelSpec, arch: str,
-                 text: TextSpec | None = None, history: HistorySpec | None = None, n_feedback: int = 0):
+                 text: TextSpec | None = None, history: HistorySpec | None = None, n_feedback: int = 0,
+                 n_stats: int = 0):
         super().__init__()
-        self.embedding = FeatureEmbedding(num_embeddings, spec.embed_dim, tables.in_counts)
+        n_cat, n_multi, n_num = tables.in_counts   # statistics join the numeric features
+        self.embedding = FeatureEmbedding(num_embeddings, spec.embed_dim, (n_cat, n_multi, n_num + n_stats))
         self.text = TextBlock(text) if text is not None else None
         self.n_user_cat = tables.user_cat.shape[1]
         self.history = None
@@ -69,37 +71,44 @@ class MultiTaskModel(nn.Module):
     while training, the value is replaced by OOV with that probability, so the model
     learns to score an item whose ID it has never seen from its other features and text.
     ``item_encoder`` (LoRA mode) computes item text embeddings instead of the table's.
-    ``events`` (with ``history``): the behaviour histories rows read (see :meth:`forward`).
+    ``events`` (with ``history``): the behaviour histories rows read; ``stats`` (with a stats
+    section): the statistics known now (see :meth:`forward`).
     """
 
     def __init__(self, tables: FeatureTables, num_embeddings: int, n_tasks: int, spec: ModelSpec,
                  text: TextSpec | None = None, oov_dropout: list[tuple[int, int, float]] = (),
                  item_encoder: nn.Module | None = None, history: HistorySpec | None = None,
-                 events: EventTable | None = None):
+                 events: EventTable | None = None, stats: StatsTable | None = None):
         super().__init__()
         self.tables = tables
         self.oov_dropout = list(oov_dropout)
         self.item_encoder = item_encoder
-        self.events = events
+        self.events, self.stats = events, stats
         self.history_text = history is not None and history.text and text is not None
         n_feedback = events.feedback.shape[1] if events is not None else 0
+        n_stats = stats.width if stats is not None else 0
         net = lambda tasks, arch: TaskNetwork(num_embeddings, tables, tasks, spec, arch, text, history,  # noqa: E731
-                                              n_feedback)
+                                              n_feedback, n_stats)
         if spec.arch == "single":
             self.nets = nn.ModuleList(net(1, "sharedbottom") for _ in range(n_tasks))
         else:
             self.nets = nn.ModuleList([net(n_tasks, spec.arch)])
 
-    def forward(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (binary tasks) or values (regression) [B, T]. ``history`` [B, 2]: each row's span
-        of the event log (:attr:`Samples.history`); None reads each user's whole known history."""
-        return self.forward_shared(user, item, history)[0]
+    def forward(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor | None = None,
+                stats: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (binary tasks) or values (regression) [B, T]. A row's own moment
+        (:meth:`Samples.context`): ``history`` [B, 2], its span of the event log, and ``stats``
+        [B, S], its statistics; without them a row reads what is known now (the user's whole
+        known history, today's statistics)."""
+        return self.forward_shared(user, item, history, stats)[0]
 
-    def forward_shared(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_shared(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor | None = None,
+                       stats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Outputs [B, T] and the shared representation they were computed from (None for
         ``single``, which shares nothing): what representation-level weighting balances."""
         cat, multi, num, item_text, user_text = self.tables(user, item)
+        if self.stats is not None:
+            num = torch.cat([num, self.stats(user, item, stats)], 1)
         if self.training and self.oov_dropout:
             cat = cat.clone()
             for column, oov, p in self.oov_dropout:
@@ -158,17 +167,17 @@ class MultiTaskModel(nn.Module):
 
 
 def build_model(config, encoder, tables: FeatureTables, item_encoder: nn.Module | None = None,
-                events: EventTable | None = None) -> MultiTaskModel:
-    """The model a config describes, over encoded user and item tables (and, with a history
-    section, the event logs)."""
+                events: EventTable | None = None, stats: StatsTable | None = None) -> MultiTaskModel:
+    """The model a config describes, over encoded user and item tables (and, with history and
+    stats sections, the event logs and the statistics known now)."""
     return MultiTaskModel(tables, encoder.num_embeddings, len(config.tasks), config.model, config.text,
-                          encoder.oov_slots(config.model.oov_dropout), item_encoder, config.history, events)
+                          encoder.oov_slots(config.model.oov_dropout), item_encoder, config.history, events, stats)
 
 
 def model_for(config, data, item_encoder: nn.Module | None = None) -> MultiTaskModel:
-    """A new model for :class:`~polyrec.data.dataset.PreparedData`: its encoded tables and, with a
-    history section, its event logs."""
-    events = None
-    if config.history is not None:
-        events = EventTable.of(data.histories, len(data.catalog.user_ids), config.history.length)
-    return build_model(config, data.encoder, FeatureTables(data.users, data.items), item_encoder, events)
+    """A new model for :class:`~polyrec.data.dataset.PreparedData`: its encoded tables and, with
+    history and stats sections, its event logs and statistics."""
+    n_users, n_items = len(data.catalog.user_ids), len(data.catalog.item_ids)
+    events = EventTable.of(data.histories, n_users, config.history.length) if config.history is not None else None
+    stats = StatsTable.of(data.histories, n_users, n_items, config.stats) if config.stats is not None else None
+    return build_model(config, data.encoder, FeatureTables(data.users, data.items), item_encoder, events, stats)

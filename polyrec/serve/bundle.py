@@ -31,7 +31,7 @@ from polyrec.data.dataset import Catalog, EvalData, history_pairs
 from polyrec.data.features import FeatureEncoder
 from polyrec.errors import RunError
 from polyrec.models.layers import FeatureTables
-from polyrec.models.history import EventTable
+from polyrec.models.history import EventTable, StatsTable
 from polyrec.models.network import MultiTaskModel, build_model
 from polyrec.rundir import CORE_FILES
 from polyrec.text.encoder import is_bundled
@@ -112,7 +112,8 @@ def _model(config: Config, encoder: FeatureEncoder, state: dict[str, torch.Tenso
         from polyrec.text.lora import LoraItemEncoder
         item_encoder = LoraItemEncoder.from_state(config.text, state)
     events = EventTable.from_state(state, config.history.length) if config.history is not None else None
-    model = build_model(config, encoder, tables, item_encoder, events)
+    stats = StatsTable.from_state(state) if config.stats is not None else None
+    model = build_model(config, encoder, tables, item_encoder, events, stats)
     missing, unexpected = model.load_state_dict(state, strict=False)
     frozen = model.frozen_keys()
     if set(missing) - frozen or unexpected:
