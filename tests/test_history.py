@@ -206,3 +206,17 @@ def test_row_statistics_exclude_the_row_and_later_periods(tmp_path):
     assert loaded.evaluate() == rec.evaluate()
     loaded.add_items(pd.DataFrame({"item": ["fresh"], "price": [2.0], "tags": ["a"], "name": ["Fresh"]}))
     assert np.isfinite(loaded.predict(["a"], ["fresh"])["click"]).all()
+
+
+def test_readme_history_sections_are_valid_config():
+    from pathlib import Path
+
+    import yaml
+
+    from polyrec.config import Config, read_yaml
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    section = text[text.index("## What the user did before"):]
+    block = section[section.index("```yaml") + 7:section.index("```", section.index("```yaml") + 7)]
+    config = Config.from_dict({**read_yaml(root / "configs" / "ml100k_mt.yaml"), **yaml.safe_load(block)})
+    assert config.history.encoder == "attention" and config.stats.shrinkage == 10
