@@ -159,20 +159,21 @@ def ablation(runs: dict, models: list[str], seeds: list[int], predictions: Path,
     return out
 
 
-def best_by_validation(summary: dict) -> tuple[dict, dict]:
+def best_by_validation(summary: dict, seeds: list[int]) -> tuple[dict, dict]:
     """The model with the highest mean validation AUC, overall and per architecture (its variants
-    compete), with its test means."""
+    compete), with its test means; only models with every seed done compete."""
     def entry(name: str) -> dict:
         return {"model": name, "valid_mean_auc": summary[name]["valid_mean_auc"],
                 **{m: summary[name]["mean"][m] for m in REFERENCE_METRICS}}
 
     pick = lambda names: max(names, key=lambda n: summary[n]["valid_mean_auc"])  # noqa: E731
+    complete = [n for n in summary if summary[n]["seeds"] == len(seeds)]
     per_arch = {}
     for arch in ARCHS:
-        names = [n for n in summary if n.split("+")[0] == arch]
+        names = [n for n in complete if n.split("+")[0] == arch]
         if names:
             per_arch[arch] = entry(pick(names))
-    return (entry(pick(list(summary))) if summary else {}), per_arch
+    return (entry(pick(complete)) if complete else {}), per_arch
 
 
 def summarize(runs: dict, models: list[str], seeds: list[int]) -> dict:
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def write() -> None:
         result["summary"] = summarize(runs, models, seeds)
-        result["best"], result["per_arch"] = best_by_validation(result["summary"])
+        result["best"], result["per_arch"] = best_by_validation(result["summary"], seeds)
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1) + "\n")
         (args.out / "ml100k_mt.md").write_text(markdown(result))
