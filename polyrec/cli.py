@@ -184,7 +184,6 @@ def predict(run_dir: Path = typer.Argument(..., help="a directory written by `po
     """Score given rows: every task's score added to each row as <name>_score."""
     from polyrec.data.sources import read_table
     from polyrec.recommender import MultiTaskRecommender
-
     from polyrec.rundir import write_new_file
 
     if out.suffix.lower() not in (".parquet", ".csv"):

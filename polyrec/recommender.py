@@ -257,7 +257,7 @@ class MultiTaskRecommender:
                 self.model.item_encoder.append(*tokenize(self.config.text, texts))
         self.model.tables.append("item", side)
         if self.model.stats is not None:
-            self.model.stats.append("item", len(ids))
+            self.model.stats.append_items(len(ids))
         title_col = self.config.data.title_col
         titles = items[title_col].fillna("").astype(str).tolist() if title_col in items else ids
         self.catalog.add_items(ids, titles)
@@ -274,7 +274,7 @@ class MultiTaskRecommender:
         if self.model.events is not None:
             self.model.events.append_users(len(ids))
         if self.model.stats is not None:
-            self.model.stats.append("user", len(ids))
+            self.model.stats.append_users(len(ids))
         self.catalog.add_users(ids)
         return ids
 

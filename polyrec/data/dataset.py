@@ -224,9 +224,10 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
 
     histories = None
     if config.history is not None or config.stats is not None:
+        train_labels = labels[(split == TRAIN) & positive]
+
         def log(rows):
-            return EventLog.of(user[rows], item[rows], time[rows], feedback_features(
-                labels[rows], tasks, labels[(split == TRAIN) & positive]))
+            return EventLog.of(user[rows], item[rows], time[rows], feedback_features(labels[rows], tasks, train_labels))
         histories = Histories(log((split == TRAIN) & positive), log((split <= VALID) & positive))
 
     def samples_of(code: int) -> Samples:

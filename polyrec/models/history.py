@@ -77,12 +77,13 @@ class StatsTable(nn.Module):
     def width(self) -> int:
         return self.user.shape[1] + self.item.shape[1]
 
-    def append(self, side: str, count: int) -> None:
-        """New users start with no activity; new items with no interactions."""
-        if side == "user":
-            self.user = torch.cat([self.user, self.user.new_zeros(count, self.user.shape[1])])
-        else:
-            self.item = torch.cat([self.item, self.unseen.expand(count, -1)])
+    def append_users(self, count: int) -> None:
+        """New users start with no activity."""
+        self.user = torch.cat([self.user, self.user.new_zeros(count, self.user.shape[1])])
+
+    def append_items(self, count: int) -> None:
+        """New items start with no interactions."""
+        self.item = torch.cat([self.item, self.unseen.expand(count, -1)])
 
     def forward(self, user: torch.Tensor, item: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
         return stats if stats is not None else torch.cat([self.user[user], self.item[item]], 1)
