@@ -3,10 +3,10 @@ data, the library's own training step, and metrics flattened to one row by task 
 from __future__ import annotations
 
 import time
-
-import torch
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
+import torch
 
 from polyrec.config import Config
 from polyrec.data.dataset import PreparedData, prepare
@@ -123,3 +123,29 @@ def paired_bootstrap(baseline: list, variant: list, n_users: int, resamples: int
 def weighted_mean(values: np.ndarray, users: np.ndarray):
     """Per-user values (e.g. NDCG@10) as a function of per-user weights: their weighted mean."""
     return lambda weight: float((weight[users] * values).sum() / weight[users].sum())
+
+
+_worker_data: PreparedData | None = None
+
+
+def _worker_start(data: PreparedData) -> None:
+    global _worker_data
+    _worker_data = data
+
+
+def _worker_run(fn, cfg: Config, key: str, *args):
+    return fn(cfg.with_overrides(["train.threads=1"]), _worker_data, key, *args)
+
+
+def run_all(fn, todo: list[tuple[str, Config]], data: PreparedData, jobs: int, done, *args) -> None:
+    """``fn(cfg, data, key, *args)`` for each (key, cfg) of ``todo``, calling ``done(key, result)`` as
+    each finishes; ``jobs`` > 1 trains that many at once in forked processes, one thread each
+    (on few cores, small models train faster side by side than one after another)."""
+    if jobs == 1:
+        for key, cfg in todo:
+            done(key, fn(cfg, data, key, *args))
+        return
+    with ProcessPoolExecutor(jobs, initializer=_worker_start, initargs=(data,)) as pool:
+        running = {pool.submit(_worker_run, fn, cfg, key, *args): key for key, cfg in todo}
+        for job in as_completed(running):
+            done(running[job], job.result())

@@ -28,7 +28,6 @@ import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from common import (
     flat_metrics,
     paired_bootstrap,
     protocol_config,
+    run_all,
     select_tasks,
     training_steps,
     weighted_mean,
@@ -91,24 +91,13 @@ def run_quality(cfg: Config, data: PreparedData, key: str, predictions: Path) ->
     row = {"test": test, "valid_mean_auc": result.history[result.best_epoch - 1]["valid_mean_auc"],
            "params": rec.model.n_parameters(), "epochs": result.epochs, "best_epoch": result.best_epoch,
            "threads": cfg.train.threads,
+           "valid_curve": [{k: round(v, 4) for k, v in flat_metrics(r["valid"], cfg).items()} for r in result.history],
            "train_seconds": round(seconds, 1), "train_samples_per_s": round(result.train_samples_per_s),
            "infer_samples_per_s": round(inference_rate(rec.model, data.test.samples))}
     print(f"{key:>20}: watch {test['watch_auc']:.4f} like {test['like_auc']:.4f} ctcvr {test['ctcvr_auc']:.4f} "
           f"ndcg@10 {test['watch_ndcg@10']:.4f}/{test['like_ndcg@10']:.4f} | {result.epochs} epochs "
           f"{seconds:.0f}s {row['train_samples_per_s']:,} samples/s", flush=True)
     return row
-
-
-_worker_data: PreparedData | None = None
-
-
-def _worker_start(data: PreparedData) -> None:
-    global _worker_data
-    _worker_data = data
-
-
-def _worker_run(cfg: Config, key: str, predictions: Path) -> dict:
-    return run_quality(cfg.with_overrides(["train.threads=1"]), _worker_data, key, predictions)
 
 
 def evaluate_and_keep(rec: MultiTaskRecommender, data: PreparedData, path: Path) -> dict:
@@ -368,15 +357,11 @@ def main(argv: list[str] | None = None) -> None:
 
     todo = [(f"{name}/{seed}", protocol_config(base, name, args.max_epochs, history).with_overrides(
         [f"train.seed={seed}"])) for name in models for seed in seeds if f"{name}/{seed}" not in runs]
-    if args.jobs > 1:   # one thread per process: on few cores, small models train faster side by side
-        with ProcessPoolExecutor(args.jobs, initializer=_worker_start, initargs=(data,)) as pool:
-            jobs = {pool.submit(_worker_run, cfg, key, predictions): key for key, cfg in todo}
-            for job in as_completed(jobs):
-                runs[jobs[job]] = job.result()
-                write()
-    for key, cfg in todo if args.jobs == 1 else ():
-        runs[key] = run_quality(cfg, data, key, predictions)
+    def done(key: str, row: dict) -> None:
+        runs[key] = row
         write()
+
+    run_all(run_quality, todo, data, args.jobs, done, predictions)
     result["ablation"] = ablation(runs, models, seeds, predictions, len(data.catalog.user_ids))
     if not args.no_speed:
         result["history_speed"] = history_speed(base, data, history)

@@ -227,6 +227,10 @@ def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `
               new_item: list[str] = typer.Option([], "--new-item", help="a new item as JSON (id, fields, text "
                                                  "columns) or @file.json; scored from its features and text"),
               new_user: Optional[str] = typer.Option(None, "--new-user", help="a new user profile as JSON or @file.json"),
+              new_slots: int = typer.Option(0, "--new-slots", min=0, help="reserve up to this many of the k slots "
+                                            "for new items (held out of training or added with --new-item)"),
+              new_threshold: float = typer.Option(0.0, "--new-threshold", help="... whose ranking score is at "
+                                                  "least this"),
               text_model: Optional[str] = TEXT_MODEL,
               as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
     """Top-k items for a user, with titles, the score of every task and the items that explain them."""
@@ -241,7 +245,7 @@ def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `
         rec.add_items(_json_rows(value, "--new-item"))
     if new_user is not None:
         user = rec.add_users(_json_rows(new_user, "--new-user"))[0]
-    items = rec.recommend(user, k)
+    items = rec.recommend(user, k, new_slots=new_slots, new_threshold=new_threshold)
     if as_json:
         print(json.dumps({"user_id": user, "rank_by": rec._rank_by(), "items": items}, indent=2))
     else:

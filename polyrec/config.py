@@ -237,6 +237,20 @@ class StatsSpec(_Strict):
     shrinkage: float = Field(10.0, ge=0)
 
 
+class ColdStartSpec(_Strict):
+    """ID embeddings generated from content for items (and users) with few or no interactions
+    (:mod:`polyrec.models.generator`): an entity with ``n`` training interactions uses
+    ``a·own + (1 - a)·generated``, ``a = n / (n + blend)``. ``method``: ``dropout`` trains the
+    generator with the tasks on the rows whose ID ``model.oov_dropout`` hides (DropoutNet);
+    ``align`` fits it after training to the warm entities' learned embeddings. ``sides``: whose
+    ID feature (the feature read from ``data.item_col`` / ``data.user_col``) it generates."""
+
+    method: Literal["dropout", "align"] = "dropout"
+    sides: list[Literal["item", "user"]] = Field(default_factory=lambda: ["item"], min_length=1)
+    blend: float = Field(5.0, gt=0)
+    hidden: int = Field(64, gt=0)
+
+
 class WeightingSpec(_Strict):
     method: str = "static"
     options: dict = Field(default_factory=dict)
@@ -305,6 +319,7 @@ class Config(_Strict):
     text: TextSpec | None = None
     history: HistorySpec | None = None
     stats: StatsSpec | None = None
+    cold_start: ColdStartSpec | None = None
     weighting: WeightingSpec = Field(default_factory=WeightingSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -344,6 +359,15 @@ class Config(_Strict):
             if self.history.encoder == "transformer" and self.model.embed_dim % self.history.heads:
                 raise ValueError(f"history.heads ({self.history.heads}) must divide model.embed_dim "
                                  f"({self.model.embed_dim})")
+        if self.cold_start is not None:
+            for side in self.cold_start.sides:
+                feature = self.id_feature(side)
+                if feature is None:
+                    raise ValueError(f"cold_start.sides: '{side}' needs the {side} ID as a categorical feature "
+                                     f"(a feature with source {side} read from data.{side}_col)")
+                if self.cold_start.method == "dropout" and not self.model.oov_dropout.get(feature):
+                    raise ValueError(f"cold_start.method 'dropout' learns from rows whose ID is hidden: set "
+                                     f"model.oov_dropout: {{{feature}: 0.1}} (or use method 'align')")
         if self.eval.rank_by is not None and self.eval.rank_by not in by_name:
             raise ValueError(f"eval.rank_by: '{self.eval.rank_by}' is not a task ({names})")
         weighting = build_weighting(self.weighting, self.tasks)   # options checked now, not mid-training
@@ -355,6 +379,12 @@ class Config(_Strict):
             raise ValueError("distill.hidden_weight matches shared representations, and model.arch 'single' shares "
                              "none: use sharedbottom, mmoe or ple, or hidden_weight 0")
         return self
+
+    def id_feature(self, side: str) -> str | None:
+        """The categorical feature holding the user's or item's ID (read from data.user_col / item_col)."""
+        col = self.data.user_col if side == "user" else self.data.item_col
+        return next((f.name for f in self.features if f.source == side and f.col == col
+                     and f.kind == "categorical"), None)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Config:

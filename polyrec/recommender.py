@@ -18,11 +18,12 @@ from polyrec.data.dataset import (
     interaction_rows,
     prepare,
 )
-from polyrec.data.features import EncodedSide
+from polyrec.data.features import OOV, EncodedSide
 from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables, ids, new_rows, validate_labels
 from polyrec.errors import DataError, RunError
 from polyrec.evaluate.evaluator import evaluate, predict_logits
+from polyrec.evaluate.metrics import Exposure, topk_items
 from polyrec.models.network import MultiTaskModel, model_for
 from polyrec.objective import Objective
 from polyrec.rundir import RunWriter
@@ -98,6 +99,8 @@ class MultiTaskRecommender:
         finally:
             if log is not None:
                 log.close(result)
+        if cfg.cold_start is not None and cfg.cold_start.method == "align":
+            self.model.align_generators()
         self.result = result
         return self
 
@@ -135,14 +138,18 @@ class MultiTaskRecommender:
     def _eval_rows(self, rows: pd.DataFrame) -> EvalData:
         """Given labelled rows as a split: interactions are the rows whose root task is positive, and
         the run's own train and valid interactions are excluded from ranking."""
-        missing = [t.col for t in self.config.tasks if t.col not in rows]
-        if missing:
-            raise DataError(f"evaluation rows: missing label column(s) {missing}; the run was trained on the tasks "
-                            f"{[(t.name, t.col) for t in self.config.tasks]}")
-        samples = self._samples(validate_labels(rows.reset_index(drop=True), self.config, "evaluation rows"))
+        samples = self._samples(self._labelled(rows, "evaluation rows"))
         positive = interaction_rows(samples.labels.numpy(), self.config.tasks)
         seen_user, seen_item = history_pairs(self.history)
         return EvalData(samples, samples.subset(positive), torch.from_numpy(seen_user), torch.from_numpy(seen_item))
+
+    def _labelled(self, rows: pd.DataFrame, what: str) -> pd.DataFrame:
+        """``rows`` with every task's label column present and checked (see :func:`validate_labels`)."""
+        missing = [t.col for t in self.config.tasks if t.col not in rows]
+        if missing:
+            raise DataError(f"{what}: missing label column(s) {missing}; the run was trained on the tasks "
+                            f"{[(t.name, t.col) for t in self.config.tasks]}")
+        return validate_labels(rows.reset_index(drop=True), self.config, what)
 
     def _samples(self, rows: pd.DataFrame) -> Samples:
         """``rows`` (user, item and, where present, label columns) as catalog indices; ids the run
@@ -207,12 +214,17 @@ class MultiTaskRecommender:
         return pd.DataFrame({"user_id": [str(x) for x in users], "item_id": [str(x) for x in items],
                              **{k: v.numpy() for k, v in scores.items()}})
 
-    def recommend(self, user, k: int = 10, exclude_seen: bool = True, explain: int = 2) -> list[dict]:
+    def recommend(self, user, k: int = 10, exclude_seen: bool = True, explain: int = 2, new_slots: int = 0,
+                  new_threshold: float = 0.0) -> list[dict]:
         """Top-``k`` items for ``user`` with the score of every task; items the user already
         interacted with (train and valid periods) are left out. The model reads the user's whole
         known history (with a history section). Each item lists up to ``explain`` of the user's
         earlier items behind it (``because``): those the history attention weighed most, or with
-        item text and no attention, the closest in the language model's space."""
+        item text and no attention, the closest in the language model's space.
+
+        ``new_slots``: reserve up to that many of the ``k`` slots for new items (held out of
+        training or added since: ``catalog.cold_item_ids``) whose ranking score is at least
+        ``new_threshold``; off by default (see the README's cold-start section for the trade-off)."""
         model = self._require_model()
         if self.config.data.item_col is None:
             raise DataError("this run's dataset has no items (data.item_col is null): there is nothing to recommend; "
@@ -227,7 +239,8 @@ class MultiTaskRecommender:
         history = self.history.get(u, np.zeros(0, np.int64))
         if exclude_seen and len(history):
             ranking[torch.from_numpy(history)] = -np.inf
-        top = torch.sort(ranking, descending=True, stable=True).indices[:k]
+        exposure = Exposure(self.new_items(), new_slots, new_threshold) if new_slots else None
+        top = topk_items(ranking.unsqueeze(0), k, exposure)[0]
         top = top[torch.isfinite(ranking[top])].tolist()
         because = self._because(u, top, history, explain)
         return [{"rank": r + 1, "item_id": self.catalog.item_ids[i], "title": self.catalog.titles[i],
@@ -243,6 +256,12 @@ class MultiTaskRecommender:
         return nearest_items(self.model.tables.item_text, top, history, explain)
 
     # -------------------------------------------------------------- cold start
+    def new_items(self) -> torch.Tensor:
+        """[n_items] bool: items no training row shows (held out of training, or added since)."""
+        new = torch.zeros(len(self.catalog.item_ids), dtype=torch.bool)
+        new[[self.catalog.item_index[i] for i in self.catalog.cold_item_ids]] = True
+        return new
+
     def add_items(self, items: pd.DataFrame) -> list[str]:
         """Make new items scorable and recommendable at once, without retraining: their
         features and text stand in for the ID the model has never seen (it maps to OOV).
@@ -256,12 +275,61 @@ class MultiTaskRecommender:
                 from polyrec.text.lora import tokenize
                 self.model.item_encoder.append(*tokenize(self.config.text, texts))
         self.model.tables.append("item", side)
+        self.model.append_counts("item", len(ids))
         if self.model.stats is not None:
             self.model.stats.append_items(len(ids))
         title_col = self.config.data.title_col
         titles = items[title_col].fillna("").astype(str).tolist() if title_col in items else ids
         self.catalog.add_items(ids, titles)
         return ids
+
+    def update(self, interactions: pd.DataFrame, epochs: int = 50, lr: float = 0.01, seed: int = 0) -> dict:
+        """Learn new items' own ID embeddings from their first interactions, without retraining
+        (needs a ``cold_start`` section with side ``item``). ``interactions``: rows with the user and
+        item columns and task labels, for new items only (held out of training or added with
+        :meth:`add_items`). Each such item gets its own embedding row, started at its generated
+        embedding and fine-tuned on these rows (plus ``data.negatives.per_positive`` random users as
+        negatives per interaction, 4 if the config samples none) with every other parameter fixed;
+        its interaction count grows, so its blend moves from generated to own. The rows also join
+        the users' histories (not recommended again). Returns what it did."""
+        model = self._require_model()
+        cold = self.config.cold_start
+        if cold is None or "item" not in cold.sides:
+            raise DataError("update learns new items' ID embeddings from their first interactions: it needs a run "
+                            "trained with a cold_start section (sides: [item])")
+        rows = self._labelled(interactions, "update rows")
+        samples = self._samples(rows)
+        trained = ~self.new_items()[samples.item]
+        if trained.any():
+            names = rows.loc[trained.numpy(), self.config.data.item_col].astype(str).unique()[:5].tolist()
+            raise DataError(f"update rows: items {names} were trained on; update learns new items only (held out of "
+                            "training or added with add_items); train again to learn from more of their interactions")
+        positive = torch.from_numpy(interaction_rows(samples.labels.numpy(), self.config.tasks))
+        items = torch.unique(samples.item)
+        feature = self.config.id_feature("item")
+        column = self.encoder.oov_slots({feature: 0.0})[0][0] - model.tables.user_cat.shape[1]
+        unassigned = items[model.tables.item_cat[items, column] == self.encoder.offsets[feature] + OOV]
+        if len(unassigned):
+            model.own_item_rows(unassigned, self.encoder.extend(feature, [self.catalog.item_ids[i]
+                                                                          for i in unassigned.tolist()]))
+        model.item_count.index_add_(0, samples.item[positive], torch.ones(int(positive.sum())))
+        per_positive = self.config.data.negatives.per_positive or 4
+        generator = torch.Generator().manual_seed(seed)
+        n_neg = int(positive.sum()) * per_positive
+        negative_labels = torch.full((n_neg, len(self.config.tasks)), float("nan"))
+        for t, task in enumerate(self.config.tasks):
+            if task.kind == "binary" and task.depends_on is None:
+                negative_labels[:, t] = 0.0
+        train = Samples(torch.cat([samples.user, torch.randint(len(self.catalog.user_ids), (n_neg,),
+                                                               generator=generator)]),
+                        torch.cat([samples.item, samples.item[positive].repeat_interleave(per_positive)]),
+                        torch.cat([samples.labels, negative_labels]))
+        embedding_rows = model.tables.item_cat[items, column].tolist()
+        loss = model.fit_item_rows(train, embedding_rows, self.objective, epochs, lr)
+        for u, i in zip(samples.user[positive].tolist(), samples.item[positive].tolist()):
+            self.history[u] = np.append(self.history.get(u, np.zeros(0, np.int64)), i)
+        return {"items": len(items), "new_rows": len(unassigned), "rows": len(samples), "negatives": n_neg,
+                "loss": loss}
 
     def add_users(self, users: pd.DataFrame) -> list[str]:
         """New users with a profile and no history: recommendable at once by their id."""
@@ -271,6 +339,7 @@ class MultiTaskRecommender:
         if self.config.text is not None:
             side.text = self.text.new_users(users, self._text_encoder)
         self.model.tables.append("user", side)
+        self.model.append_counts("user", len(ids))
         if self.model.events is not None:
             self.model.events.append_users(len(ids))
         if self.model.stats is not None:

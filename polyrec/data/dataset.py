@@ -110,7 +110,8 @@ class Catalog:
     user_ids: list[str]
     item_ids: list[str]
     titles: list[str]
-    cold_item_ids: list[str] = field(default_factory=list)   # held out of training (data.cold_items)
+    # items no training row shows: held out (data.cold_items) or added after training (add_items)
+    cold_item_ids: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
@@ -122,6 +123,7 @@ class Catalog:
 
     def add_items(self, ids: list[str], titles: list[str]) -> None:
         self.item_ids, self.titles = self.item_ids + ids, self.titles + titles
+        self.cold_item_ids = self.cold_item_ids + ids
         self.item_index.update({u: len(self.item_index) + k for k, u in enumerate(ids)})
 
     def to_json(self) -> dict:

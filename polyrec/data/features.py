@@ -105,6 +105,15 @@ class FeatureEncoder:
         values = (pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64) - mean) / std
         return np.nan_to_num(values, nan=0.0).astype(np.float32)
 
+    def extend(self, name: str, values: list[str]) -> list[int]:
+        """New vocabulary entries for categorical feature ``name`` (e.g. items that arrived after
+        training and earned their own ID embedding), given rows past the end of the table; returns
+        their global indices."""
+        vocab, offset = self.vocab[name], self.offsets[name]
+        vocab.update({v: self.num_embeddings + k - offset for k, v in enumerate(values)})
+        self.num_embeddings += len(values)
+        return [offset + vocab[v] for v in values]
+
     def to_json(self) -> dict:
         return {"specs": [s.model_dump() for s in self.specs], "vocab": self.vocab, "stats": self.stats,
                 "offsets": self.offsets, "sizes": self.sizes, "num_embeddings": self.num_embeddings}

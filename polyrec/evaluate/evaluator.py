@@ -65,13 +65,16 @@ def _pairs_by_row(rows: np.ndarray, items: np.ndarray):
 
 
 def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
-                     chunk_users: int = 256, progress: bool = False, per_user: dict | None = None
+                     chunk_users: int = 256, progress: bool = False, per_user: dict | None = None,
+                     candidates: torch.Tensor | None = None, exposure: M.Exposure | None = None
                      ) -> dict[str, dict[str, float]]:
     """Rank every catalog item not among the user's earlier interactions, for each binary task.
 
     Ground truth for a task: the split's interactions where its label (for a dependent
     task: parent and child labels) is 1; dependent tasks are ranked by p(parent)·p(child).
     ``per_user``: filled with each task's per-user values (user index, ``ndcg@K``).
+    ``candidates`` [n_items] (bool): rank these items only (e.g. a new-arrivals shelf);
+    ``exposure``: the lists reserve slots for new items (see :class:`~polyrec.evaluate.metrics.Exposure`).
     """
     tasks = [t for t in objective.tasks if t.kind == "binary"]
     index = {t.name: i for i, t in enumerate(objective.tasks)}
@@ -100,13 +103,15 @@ def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, 
         lo, hi = np.searchsorted(seen_rows, [a, a + n])
         excluded = torch.zeros(n, n_items, dtype=torch.bool)
         excluded[torch.from_numpy(seen_rows[lo:hi] - a), torch.from_numpy(seen_items[lo:hi])] = True
+        if candidates is not None:
+            excluded |= ~candidates
         in_chunk = (gt_rows >= a) & (gt_rows < a + n)
         for task in tasks:
             matrix = scores[objective.ranking_score_name(task)].view(n, n_items).masked_fill(excluded, -np.inf)
             truth = torch.zeros(n, n_items, dtype=torch.bool)
             hit = in_chunk & truth_of[task.name].numpy()
             truth[torch.from_numpy(gt_rows[hit] - a), torch.from_numpy(gt_items[hit])] = True
-            acc[task.name].add(M.topk_items(matrix, max(ks)), truth, chunk)
+            acc[task.name].add(M.topk_items(matrix, max(ks), exposure), truth, chunk)
     if per_user is not None:
         per_user.update({name: a.per_user() for name, a in acc.items()})
     return {name: a.result() for name, a in acc.items()}

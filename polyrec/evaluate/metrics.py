@@ -5,6 +5,8 @@ the ideal DCG over min(|ground truth|, K); averages over users with ground truth
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -56,9 +58,28 @@ def mae(target: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - target)))
 
 
-def topk_items(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Top-k item indices per row, ties broken by the lower item index."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+@dataclass
+class Exposure:
+    """A new-arrivals policy: up to ``slots`` of each top-k list go to ``new`` items [n_items]
+    (bool) whose score is at least ``threshold``, in place of the lowest-scored others."""
+
+    new: torch.Tensor
+    slots: int
+    threshold: float = 0.0
+
+
+def topk_items(scores: torch.Tensor, k: int, exposure: Exposure | None = None) -> torch.Tensor:
+    """Top-k item indices per row by score, ties broken by the lower item index; with
+    ``exposure``, its reserved new items are in the list, which stays ordered by score."""
+    order = lambda s: torch.sort(s, dim=1, descending=True, stable=True).indices  # noqa: E731
+    if exposure is None or not exposure.slots:
+        return order(scores)[:, :k]
+    eligible = scores.masked_fill(~exposure.new | (scores < exposure.threshold), -np.inf)
+    reserved = eligible.topk(min(exposure.slots, k, scores.shape[1]), dim=1)
+    boosted = scores.scatter(1, reserved.indices, torch.where(torch.isfinite(reserved.values), np.inf,
+                                                              scores.gather(1, reserved.indices)))
+    top = order(boosted)[:, :k]
+    return top.gather(1, order(scores.gather(1, top)))
 
 
 class RankingAccumulator:

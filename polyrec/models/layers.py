@@ -106,6 +106,12 @@ class FeatureTables(nn.Module):
         return self.user_cat.shape[1] + self.item_cat.shape[1], len(self.multi), \
             self.user_num.shape[1] + self.item_num.shape[1]
 
+    def side_counts(self, kind: str) -> tuple[int, int]:
+        """(user, item) field counts of one kind: ``cat``, ``multi`` or ``num``."""
+        if kind == "multi":
+            return self.n_user_multi, self.n_multi - self.n_user_multi
+        return getattr(self, f"user_{kind}").shape[1], getattr(self, f"item_{kind}").shape[1]
+
     def forward(self, user: torch.Tensor, item: torch.Tensor):
         cat = torch.cat([self.user_cat[user], self.item_cat[item]], 1)
         multi = [m[user if k < self.n_user_multi else item] for k, m in enumerate(self.multi)]
@@ -127,10 +133,14 @@ class FeatureEmbedding(nn.Module):
         self.out_dim = (n_cat + n_multi) * dim + n_num
 
     def forward(self, cat: torch.Tensor, multi: list[torch.Tensor], num: torch.Tensor) -> torch.Tensor:
-        parts = [self.table(cat).flatten(1)]
-        for idx in multi:  # [B, L] padded with PAD
-            valid = (idx != PAD).unsqueeze(-1)
-            vectors = self.table(idx.clamp(min=0)) * valid
-            parts.append(vectors.sum(1) / valid.sum(1).clamp(min=1))
-        parts.append(num)
-        return torch.cat(parts, 1)
+        return torch.cat([self.table(cat).flatten(1)] + [self.pool(idx) for idx in multi] + [num], 1)
+
+    def grow(self, rows: torch.Tensor) -> None:
+        """Append embedding rows [n, D] to the table (new vocabulary entries)."""
+        weight = torch.cat([self.table.weight.detach(), rows.to(self.table.weight.dtype)])
+        self.table = nn.Embedding.from_pretrained(weight, freeze=False)
+
+    def pool(self, idx: torch.Tensor) -> torch.Tensor:
+        """Mean embedding [B, D] of a multi-valued feature's indices [B, L] (padded with PAD)."""
+        valid = (idx != PAD).unsqueeze(-1)
+        return (self.table(idx.clamp(min=0)) * valid).sum(1) / valid.sum(1).clamp(min=1)

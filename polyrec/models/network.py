@@ -1,10 +1,13 @@
 """The multi-task model: feature tables → embeddings → shared body (architecture) → task towers."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from polyrec.config import HistorySpec, ModelSpec, TextSpec
+from polyrec.config import ColdStartSpec, HistorySpec, ModelSpec, TextSpec
+from polyrec.data.dataset import Samples
+from polyrec.models.generator import IdGenerator, SideLayout
 from polyrec.models.history import EventTable, HistoryBlock, StatsTable
 from polyrec.models.layers import (
     FeatureEmbedding,
@@ -28,10 +31,18 @@ class TaskNetwork(nn.Module):
 
     def __init__(self, num_embeddings: int, tables: FeatureTables, n_tasks: int, spec: ModelSpec, arch: str,
                  text: TextSpec | None = None, history: HistorySpec | None = None, n_feedback: int = 0,
-                 n_stats: int = 0):
+                 n_stats: int = 0, cold_start: ColdStartSpec | None = None,
+                 id_slots: dict[str, tuple[int, int]] | None = None):
         super().__init__()
         n_cat, n_multi, n_num = tables.in_counts   # statistics join the numeric features
         self.embedding = FeatureEmbedding(num_embeddings, spec.embed_dim, (n_cat, n_multi, n_num + n_stats))
+        # one ID generator per side named in cold_start.sides: id_slots[side] = (column, OOV index)
+        self.generators = nn.ModuleDict({
+            side: IdGenerator(SideLayout(side, tables.side_counts("cat"), tables.side_counts("multi"),
+                                         tables.side_counts("num"), column),
+                              spec.embed_dim, getattr(tables, f"{side}_text").shape[1], cold_start.hidden, oov,
+                              cold_start.blend, cold_start.method)
+            for side, (column, oov) in (id_slots or {}).items()})
         self.text = TextBlock(text) if text is not None else None
         self.n_user_cat = tables.user_cat.shape[1]
         self.history = None
@@ -43,8 +54,11 @@ class TaskNetwork(nn.Module):
         self.towers = GroupedMLP(self.body.out_dim, spec.tower_dims, n_tasks, spec.dropout)
         self.heads = GroupedLinear(self.towers.out_dim, 1, n_tasks)
 
-    def forward(self, cat, multi, num, item_text, user_text, events=None):
+    def forward(self, cat, multi, num, item_text, user_text, events=None, counts=None):
         x = self.embedding(cat, multi, num)              # [B, D]
+        for side, generator in self.generators.items():
+            x = generator(x, self.embedding, cat, multi, num, item_text if side == "item" else user_text,
+                          counts[side])
         if self.text is not None:
             x = torch.cat([x, self.text(item_text, user_text)], 1)
         if self.history is not None:
@@ -78,9 +92,15 @@ class MultiTaskModel(nn.Module):
     def __init__(self, tables: FeatureTables, num_embeddings: int, n_tasks: int, spec: ModelSpec,
                  text: TextSpec | None = None, oov_dropout: list[tuple[int, int, float]] = (),
                  item_encoder: nn.Module | None = None, history: HistorySpec | None = None,
-                 events: EventTable | None = None, stats: StatsTable | None = None):
+                 events: EventTable | None = None, stats: StatsTable | None = None,
+                 cold_start: ColdStartSpec | None = None, id_slots: dict[str, tuple[int, int]] | None = None):
         super().__init__()
         self.tables = tables
+        self.cold_start = cold_start
+        if cold_start is not None:
+            # training interactions per user and item, which the ID generators blend by (model_for sets them)
+            self.register_buffer("user_count", torch.zeros(len(tables.user_cat)))
+            self.register_buffer("item_count", torch.zeros(len(tables.item_cat)))
         self.oov_dropout = list(oov_dropout)
         self.item_encoder = item_encoder
         self.events, self.stats = events, stats
@@ -88,7 +108,7 @@ class MultiTaskModel(nn.Module):
         n_feedback = events.feedback.shape[1] if events is not None else 0
         n_stats = stats.width if stats is not None else 0
         net = lambda tasks, arch: TaskNetwork(num_embeddings, tables, tasks, spec, arch, text, history,  # noqa: E731
-                                              n_feedback, n_stats)
+                                              n_feedback, n_stats, cold_start, id_slots)
         if spec.arch == "single":
             self.nets = nn.ModuleList(net(1, "sharedbottom") for _ in range(n_tasks))
         else:
@@ -117,7 +137,8 @@ class MultiTaskModel(nn.Module):
         if self.item_encoder is not None:
             item_text = self.item_encoder(item)
         events = self._events(user, item, history)[0] if self.events is not None else None
-        outputs = [net(cat, multi, num, item_text, user_text, events) for net in self.nets]
+        counts = {"user": self.user_count[user], "item": self.item_count[item]} if self.cold_start else None
+        outputs = [net(cat, multi, num, item_text, user_text, events, counts) for net in self.nets]
         return torch.cat([logits for logits, _ in outputs], 1), outputs[0][1] if len(outputs) == 1 else None
 
     def _events(self, user: torch.Tensor, item: torch.Tensor, spans: torch.Tensor | None):
@@ -134,6 +155,60 @@ class MultiTaskModel(nn.Module):
         events, items = self._events(user, item, None)
         cat = self.tables(user, item)[0]
         return items, self.nets[0].read_history(cat, events)[1]
+
+    def append_counts(self, side: str, n: int) -> None:
+        """New users or items (cold start) start with no interactions: the generator speaks for them."""
+        if self.cold_start is not None:
+            old = getattr(self, f"{side}_count")
+            setattr(self, f"{side}_count", torch.cat([old, old.new_zeros(n)]))
+
+    def own_item_rows(self, items: torch.Tensor, rows: list[int]) -> None:
+        """Items with an OOV ID (catalog indices ``items``) get their own ID-embedding rows (global
+        indices ``rows``, one past the table's end each), started at their generated embedding."""
+        column = self.nets[0].generators["item"].layout.id_column - self.tables.user_cat.shape[1]
+        cat, multi, num, item_text, _ = self.tables(torch.zeros_like(items), items)
+        if self.item_encoder is not None:
+            item_text = self.item_encoder(items)
+        with torch.no_grad():
+            for net in self.nets:
+                generator = net.generators["item"]
+                net.embedding.grow(generator.net(generator.content(net.embedding, cat, multi, num, item_text)))
+        self.tables.item_cat[items, column] = torch.tensor(rows)
+
+    def fit_item_rows(self, samples: Samples, rows: list[int], objective, epochs: int, lr: float) -> float:
+        """Fine-tune the ID-embedding ``rows`` alone on ``samples`` (every other parameter, and the
+        batch-norm statistics, stay as they are); the final loss."""
+        self.eval()
+        tables = [net.embedding.table.weight for net in self.nets]
+        optimizer = torch.optim.Adam(tables, lr=lr)
+        frozen = torch.ones(len(tables[0]), dtype=torch.bool)
+        frozen[rows] = False
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            loss = objective.losses(self(samples.user, samples.item), samples.labels).sum()
+            loss.backward()
+            for weight in tables:
+                weight.grad[frozen] = 0
+            optimizer.step()
+        return float(loss.detach())
+
+    def align_generators(self) -> dict[str, float]:
+        """Fit each ID generator to the warm entities' learned ID embeddings (cold_start.method
+        ``align``, after training); the final weighted squared error per side."""
+        losses = {}
+        for side in self.cold_start.sides:
+            n = len(getattr(self.tables, f"{side}_cat"))
+            every, first = torch.arange(n), torch.zeros(n, dtype=torch.long)
+            user, item = (every, first) if side == "user" else (first, every)
+            cat, multi, num, item_text, user_text = self.tables(user, item)
+            if side == "item" and self.item_encoder is not None:
+                with torch.no_grad():
+                    item_text = self.item_encoder(item)
+            for net in self.nets:
+                losses[side] = net.generators[side].align(net.embedding, cat, multi, num,
+                                                          item_text if side == "item" else user_text,
+                                                          getattr(self, f"{side}_count"))
+        return losses
 
     def task_parameters(self) -> set[nn.Parameter]:
         """Parameters that belong to one task only (towers and output heads); the rest are shared."""
@@ -170,8 +245,11 @@ def build_model(config, encoder, tables: FeatureTables, item_encoder: nn.Module 
                 events: EventTable | None = None, stats: StatsTable | None = None) -> MultiTaskModel:
     """The model a config describes, over encoded user and item tables (and, with history and
     stats sections, the event logs and the statistics known now)."""
+    cold = config.cold_start
+    id_slots = {side: encoder.oov_slots({config.id_feature(side): 0.0})[0][:2] for side in cold.sides} if cold else None
     return MultiTaskModel(tables, encoder.num_embeddings, len(config.tasks), config.model, config.text,
-                          encoder.oov_slots(config.model.oov_dropout), item_encoder, config.history, events, stats)
+                          encoder.oov_slots(config.model.oov_dropout), item_encoder, config.history, events, stats,
+                          cold, id_slots)
 
 
 def model_for(config, data, item_encoder: nn.Module | None = None) -> MultiTaskModel:
@@ -180,4 +258,10 @@ def model_for(config, data, item_encoder: nn.Module | None = None) -> MultiTaskM
     n_users, n_items = len(data.catalog.user_ids), len(data.catalog.item_ids)
     events = EventTable.of(data.histories, n_users, config.history.length) if config.history is not None else None
     stats = StatsTable.of(data.histories, n_users, n_items, config.stats) if config.stats is not None else None
-    return build_model(config, data.encoder, FeatureTables(data.users, data.items), item_encoder, events, stats)
+    model = build_model(config, data.encoder, FeatureTables(data.users, data.items), item_encoder, events, stats)
+    if config.cold_start is not None and data.train_history:
+        users = torch.tensor(list(data.train_history))
+        model.user_count[users] = torch.tensor([len(v) for v in data.train_history.values()], dtype=torch.float)
+        items = torch.from_numpy(np.concatenate(list(data.train_history.values())).astype(np.int64))
+        model.item_count.copy_(torch.bincount(items, minlength=n_items).float())
+    return model

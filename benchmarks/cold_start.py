@@ -1,0 +1,270 @@
+"""Cold start on protocol "ml100k-mt": do new items get scored well, and do they reach a top-10?
+
+10 % of the movies (seeded, ``data.cold_items=0.1``) are held out of train and valid entirely, so
+their test rows are items the model has never seen. MMoE on the reference rows' features, with
+item-ID dropout 0.1 in every variant (so an unknown ID is something the model has learned about):
+
+    id            IDs and side features: a new item is the learned "unknown" ID plus its year and genre
+    text          + item text (frozen language model, adaptor), still the "unknown" ID
+    text+dropout  + an ID generator from content trained with the tasks (DropoutNet; cold_start.method dropout)
+    text+align    + an ID generator fitted to the trained ID embeddings (cold_start.method align)
+
+Per run, on the test split: all rows; the cold items' rows (AUC, and full-catalog Recall@10 with
+the cold items' interactions as ground truth); the warm items' rows; items with 1–5 training
+interactions; a "new-arrivals shelf" (Recall@10 ranking the held-out movies only); and the
+new-arrivals policy of ``recommend`` (``new_slots`` of the 10 reserved for new items whose score
+clears ``new_threshold``) as a trade-off of overall and cold Recall@10.
+
+``--curve`` runs the learning curve instead: 10/25/50/100 % of each user's training rows (seeded;
+interactions and sampled negatives alike, at least one interaction per user), the same valid and test rows,
+for the single-task ID model, the multi-task ID model and the multi-task text model.
+
+    python benchmarks/cold_start.py [--variants id,text,text+dropout,text+align] [--seeds 2024,2025,2026]
+                                    [--jobs 2] [--curve] [--out DIR]
+
+Writes DIR/cold_start.json (``best``: the default generator, text+dropout; ``learning_curve``),
+DIR/cold_start.md and, with --curve, DIR/learning_curve.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import flat_metrics, protocol_config, run_all, select_tasks
+
+from polyrec.config import Config
+from polyrec.data.dataset import PreparedData, prepare
+from polyrec.data.sources import load_tables
+from polyrec.evaluate.evaluator import evaluate, evaluate_ranking
+from polyrec.evaluate.metrics import Exposure
+from polyrec.recommender import MultiTaskRecommender
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ml100k_mt.yaml"
+VARIANTS = {"id": ("mmoe", None), "text": ("mmoe+text", None), "text+dropout": ("mmoe+text", "dropout"),
+            "text+align": ("mmoe+text", "align")}
+BEST = "text+dropout"     # the default method, named before the runs (no cold rows exist to validate on)
+CURVE_MODELS = {"single-task IDs": "single", "multi-task IDs": "mmoe", "multi-task text": "mmoe+text"}
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+POLICIES = ((1, 0.0), (2, 0.0), (2, 0.5))   # (new_slots, new_threshold) of the 10
+SUMMARY = {"all": ["watch_auc", "like_auc", "ctcvr_auc", "watch_recall@10", "watch_ndcg@10"],
+           "cold": ["watch_auc", "like_auc", "ctcvr_auc", "watch_recall@10"], "warm": ["watch_auc", "like_auc"],
+           "rare": ["watch_auc", "like_auc"], "shelf": ["watch_recall@10"]}
+
+
+def variant_config(base: Config, variant: str, seed: int, max_epochs: int) -> Config:
+    model, method = VARIANTS[variant]
+    overrides = [f"train.seed={seed}", "model.oov_dropout={item_id: 0.1}"]
+    if method:
+        overrides.append(f"cold_start={{method: {method}}}")
+    return protocol_config(base, model, max_epochs).with_overrides(overrides)
+
+
+def item_counts(data: PreparedData) -> np.ndarray:
+    """Training interactions per catalog item."""
+    items = np.concatenate(list(data.train_history.values()))
+    return np.bincount(items, minlength=len(data.catalog.item_ids))
+
+
+def run_cold(cfg: Config, data: PreparedData, key: str) -> dict:
+    rec = MultiTaskRecommender(cfg).fit_prepared(data)
+    model, objective, test = rec.model, rec.objective, data.test
+    n = len(data.catalog.item_ids)
+    cold = torch.zeros(n, dtype=torch.bool)
+    cold[data.cold_items] = True
+    counts = item_counts(data)
+    rows = lambda items, ranking: flat_metrics(  # noqa: E731
+        evaluate(model, objective, test.restrict_items(items), n, [10], ranking), cfg)
+    ranked = lambda split, **kw: flat_metrics(  # noqa: E731
+        {"ranking": evaluate_ranking(model, objective, split, n, [10], **kw)}, cfg)
+    out = {"all": rows(np.arange(n), True), "cold": rows(data.cold_items, True),
+           "warm": rows(np.flatnonzero(~cold.numpy()), False),
+           "rare": rows(np.flatnonzero((counts >= 1) & (counts <= 5)), False),
+           "shelf": ranked(test.restrict_items(data.cold_items), candidates=cold),
+           "policy": {}, "epochs": rec.result.epochs, "best_epoch": rec.result.best_epoch,
+           "valid_mean_auc": rec.result.history[rec.result.best_epoch - 1]["valid_mean_auc"]}
+    for slots, threshold in POLICIES:
+        exposure = Exposure(cold, slots, threshold)
+        out["policy"][f"{slots}@{threshold}"] = {
+            "all": ranked(test, exposure=exposure), "cold": ranked(test.restrict_items(data.cold_items),
+                                                                   exposure=exposure)}
+    print(f"{key:>24}: all watch {out['all']['watch_auc']:.4f} | cold watch {out['cold']['watch_auc']:.4f} "
+          f"like {out['cold']['like_auc']:.4f} ctcvr {out['cold']['ctcvr_auc']:.4f} R@10 "
+          f"{out['cold']['watch_recall@10']:.4f} shelf {out['shelf']['watch_recall@10']:.4f} | rare watch "
+          f"{out['rare']['watch_auc']:.4f} | {out['epochs']} epochs", flush=True)
+    return out
+
+
+def with_fraction(data: PreparedData, fraction: float, seed: int) -> PreparedData:
+    """Each user's training rows (interactions and their sampled negatives alike) subsampled to
+    ``fraction``, keeping at least one interaction per user; vocabularies refitted."""
+    if fraction >= 1:
+        return data
+    train, rng = data.train, np.random.default_rng(seed)
+    user, positive = train.user.numpy(), np.nan_to_num(train.labels[:, 0].numpy()) > 0
+    keep = rng.random(len(train)) < fraction
+    kept_one = np.zeros(user.max() + 1, dtype=bool)
+    kept_one[user[keep & positive]] = True
+    missing = np.flatnonzero(positive & ~kept_one[user])
+    keep[missing[np.unique(user[missing], return_index=True)[1]]] = True
+    return data.with_train(train.subset(torch.from_numpy(keep)))
+
+
+def run_curve(cfg: Config, data: PreparedData, key: str, fraction: float) -> dict:
+    rec = MultiTaskRecommender(cfg).fit_prepared(with_fraction(data, fraction, cfg.train.seed))
+    test = flat_metrics(rec.evaluate(ranking=True), cfg)
+    print(f"{key:>32}: watch {test['watch_auc']:.4f} like {test['like_auc']:.4f} "
+          f"N@10 {test['watch_ndcg@10']:.4f}", flush=True)
+    return test
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarize(runs: dict, variants: list[str], seeds: list[int]) -> dict:
+    out = {}
+    for variant in variants:
+        got = [runs[f"{variant}/{s}"] for s in seeds if f"{variant}/{s}" in runs]
+        if not got:
+            continue
+        out[variant] = {part: {m: mean_std([r[part][m] for r in got]) for m in metrics}
+                        for part, metrics in SUMMARY.items()}
+        out[variant]["policy"] = {p: {part: mean_std([r["policy"][p][part]["watch_recall@10"] for r in got])
+                                      for part in ("all", "cold")} for p in got[0]["policy"]}
+        out[variant]["seeds"] = len(got)
+    return out
+
+
+def best(summary: dict) -> dict:
+    if BEST not in summary or "id" not in summary or "text" not in summary:
+        return {}
+    b = summary[BEST]
+    return {"model": BEST, "cold_watch_auc": b["cold"]["watch_auc"]["mean"],
+            "cold_like_auc": b["cold"]["like_auc"]["mean"], "cold_ctcvr_auc": b["cold"]["ctcvr_auc"]["mean"],
+            "cold_watch_recall@10": b["cold"]["watch_recall@10"]["mean"],
+            "shelf_recall@10": b["shelf"]["watch_recall@10"]["mean"],
+            "shelf_recall@10_id_model": summary["id"]["shelf"]["watch_recall@10"]["mean"],
+            "warm_watch_auc_change": b["warm"]["watch_auc"]["mean"] - summary["text"]["warm"]["watch_auc"]["mean"]}
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    for part, title in (("cold", "cold-item test rows (AUC; Recall@10 over the full catalog)"),
+                        ("shelf", "new-arrivals shelf (ranking the held-out movies only)"),
+                        ("rare", "items with 1–5 training interactions"), ("warm", "warm items' test rows"),
+                        ("all", "all test rows")):
+        metrics = SUMMARY[part]
+        lines += [f"**{title}**", "", "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        for name, v in result["summary"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{v[part][m]['mean']:.4f} ± {v[part][m]['std']:.4f}"
+                                                     for m in metrics) + " |")
+        lines.append("")
+    lines += ["**new-arrivals policy** (`recommend(new_slots=S, new_threshold=T)`): watch Recall@10, all / cold",
+              "", "| variant | off | " + " | ".join(f"S={p.split('@')[0]}, T={p.split('@')[1]}"
+                                                     for p in (f"{s}@{t}" for s, t in POLICIES)) + " |",
+              "|---" * (len(POLICIES) + 2) + "|"]
+    for name, v in result["summary"].items():
+        cells = [f"{v['all']['watch_recall@10']['mean']:.4f} / {v['cold']['watch_recall@10']['mean']:.4f}"]
+        cells += [f"{p['all']['mean']:.4f} / {p['cold']['mean']:.4f}" for p in v["policy"].values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    curve = result.get("learning_curve")
+    if curve:
+        lines += ["", "**learning curve** (share of each user's training interactions; test watch AUC / like AUC)",
+                  "", "| model | " + " | ".join(f"{f:.0%}" for f in FRACTIONS) + " |", "|---" * (len(FRACTIONS) + 1)
+                  + "|"]
+        for name, points in curve.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{p['watch_auc']['mean']:.4f} / {p['like_auc']['mean']:.4f}" for p in points.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(curve: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("watch_auc", "like_auc")):
+        for name, points in curve.items():
+            xs = [float(f) * 100 for f in points]
+            ax.errorbar(xs, [p[metric]["mean"] for p in points.values()],
+                        yerr=[p[metric]["std"] for p in points.values()], marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xticks([10, 25, 50, 100], ["10%", "25%", "50%", "100%"])
+        ax.set_xlabel("share of each user's training interactions")
+        ax.set_ylabel(f"test {metric.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("ml100k-mt: less behaviour data")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default="2024,2025,2026")
+    parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=1, help="train this many runs at once, one thread each")
+    parser.add_argument("--curve", action="store_true", help="run the learning curve (on the full item set)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    path = args.out / "cold_start.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    base = select_tasks(Config.from_yaml(CONFIG), ["watch", "like"])
+    torch.set_num_threads(base.train.threads or 2)
+    tables = load_tables(base.data)
+
+    def write() -> None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / "cold_start.md").write_text(markdown(result))
+
+    if args.curve:
+        data = prepare(tables, base)
+        todo = [(f"{name}/{fraction}/{seed}", protocol_config(base, model, args.max_epochs).with_overrides(
+            [f"train.seed={seed}"]), fraction) for name, model in CURVE_MODELS.items() for fraction in FRACTIONS
+            for seed in seeds]
+        points = {}
+
+        def done(key: str, row: dict) -> None:
+            points[key] = row
+
+        for fraction in FRACTIONS:
+            run_all(run_curve, [(k, c) for k, c, f in todo if f == fraction], data, args.jobs, done, fraction)
+        result["learning_curve"] = {
+            name: {str(f): {m: mean_std([points[f"{name}/{f}/{s}"][m] for s in seeds])
+                            for m in ("watch_auc", "like_auc", "ctcvr_auc", "watch_ndcg@10")} for f in FRACTIONS}
+            for name in CURVE_MODELS}
+        result["learning_curve_seeds"] = seeds
+        plot_curve(result["learning_curve"], args.out / "learning_curve.png")
+        write()
+        print(markdown(result))
+        return
+
+    variants = args.variants.split(",")
+    cold_base = base.with_overrides(["data.cold_items=0.1"])
+    data = prepare(tables, cold_base)
+    runs = result.setdefault("runs", {})
+    result.update(protocol="ml100k-mt, 10 % of movies held out (data.cold_items=0.1, data.seed 2024)",
+                  cold_items=len(data.cold_items), seeds=seeds, policies=[list(p) for p in POLICIES])
+    todo = [(f"{v}/{s}", variant_config(cold_base, v, s, args.max_epochs)) for v in variants for s in seeds
+            if f"{v}/{s}" not in runs]
+
+    def done(key: str, row: dict) -> None:
+        runs[key] = row
+        result["summary"] = summarize(runs, list(VARIANTS), seeds)
+        result["best"] = best(result["summary"])
+        write()
+
+    run_all(run_cold, todo, data, args.jobs, done)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
