@@ -20,7 +20,11 @@ interactions and sampled negatives alike, at least one interaction per user), th
 for the single-task ID model, the multi-task ID model and the multi-task text model.
 
     python benchmarks/cold_start.py [--variants id,text,text+dropout,text+align] [--seeds 2024,2025,2026]
-                                    [--jobs 2] [--curve] [--out DIR]
+                                    [--jobs 2] [--curve | --update] [--out DIR]
+
+``--update`` measures ``rec.update`` (new items' first interactions) on the default generator:
+3 positive test rows of each cold item (seeded) are given to the trained model, and the rest of
+the cold items' test rows are scored before and after.
 
 Writes DIR/cold_start.json (``best``: the default generator, text+dropout; ``learning_curve``),
 DIR/cold_start.md and, with --curve, DIR/learning_curve.png.
@@ -31,16 +35,18 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from common import flat_metrics, protocol_config, run_all, select_tasks
 
 from polyrec.config import Config
 from polyrec.data.dataset import PreparedData, prepare
 from polyrec.data.sources import load_tables
-from polyrec.evaluate.evaluator import evaluate, evaluate_ranking
+from polyrec.evaluate.evaluator import evaluate, evaluate_pointwise, evaluate_ranking
 from polyrec.evaluate.metrics import Exposure
 from polyrec.recommender import MultiTaskRecommender
 
@@ -50,17 +56,19 @@ VARIANTS = {"id": ("mmoe", None), "text": ("mmoe+text", None), "text+dropout": (
 BEST = "text+dropout"     # the default method, named before the runs (no cold rows exist to validate on)
 CURVE_MODELS = {"single-task IDs": "single", "multi-task IDs": "mmoe", "multi-task text": "mmoe+text"}
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+REVEAL = 3                                  # first interactions per cold item given to rec.update
 POLICIES = ((1, 0.0), (2, 0.0), (2, 0.5))   # (new_slots, new_threshold) of the 10
 SUMMARY = {"all": ["watch_auc", "like_auc", "ctcvr_auc", "watch_recall@10", "watch_ndcg@10"],
            "cold": ["watch_auc", "like_auc", "ctcvr_auc", "watch_recall@10"], "warm": ["watch_auc", "like_auc"],
            "rare": ["watch_auc", "like_auc"], "shelf": ["watch_recall@10"]}
 
 
-def variant_config(base: Config, variant: str, seed: int, max_epochs: int) -> Config:
+def variant_config(base: Config, variant: str, seed: int, max_epochs: int, extra: list[str] = ()) -> Config:
     model, method = VARIANTS[variant]
     overrides = [f"train.seed={seed}", "model.oov_dropout={item_id: 0.1}"]
     if method:
         overrides.append(f"cold_start={{method: {method}}}")
+        overrides += [o for o in extra if o.startswith("cold_start.")]
     return protocol_config(base, model, max_epochs).with_overrides(overrides)
 
 
@@ -97,6 +105,35 @@ def run_cold(cfg: Config, data: PreparedData, key: str) -> dict:
           f"{out['cold']['watch_recall@10']:.4f} shelf {out['shelf']['watch_recall@10']:.4f} | rare watch "
           f"{out['rare']['watch_auc']:.4f} | {out['epochs']} epochs", flush=True)
     return out
+
+
+def run_update(cfg: Config, data: PreparedData, key: str) -> dict:
+    """``rec.update`` on each cold item's first interactions: ``REVEAL`` of its positive test rows
+    (seeded) are given to the trained model; the rest of the cold items' test rows are scored
+    before and after."""
+    rec = MultiTaskRecommender(cfg).fit_prepared(data)
+    samples = data.test.restrict_items(data.cold_items).samples
+    rng = np.random.default_rng(cfg.train.seed)
+    positive = np.flatnonzero(np.nan_to_num(samples.labels[:, 0].numpy()) > 0)
+    items = samples.item.numpy()
+    revealed = np.concatenate([rng.permutation(positive[items[positive] == i])[:REVEAL]
+                               for i in np.unique(items[positive])])
+    rest = np.ones(len(samples), dtype=bool)
+    rest[revealed] = False
+    rest = samples.subset(torch.from_numpy(rest))
+    scored = lambda: flat_metrics(evaluate_pointwise(rec.model, rec.objective, rest), cfg)  # noqa: E731
+    before = scored()
+    shown = samples.subset(torch.from_numpy(revealed))
+    rows = pd.DataFrame({cfg.data.user_col: [data.catalog.user_ids[u] for u in shown.user.tolist()],
+                         cfg.data.item_col: [data.catalog.item_ids[i] for i in shown.item.tolist()],
+                         **{t.col: shown.labels[:, k].numpy() for k, t in enumerate(cfg.tasks)}})
+    start = time.perf_counter()
+    done = rec.update(rows)
+    seconds = time.perf_counter() - start
+    after = scored()
+    print(f"{key:>24}: {done['items']} items, {len(rows)} interactions, {seconds:.1f}s | rest of the cold rows "
+          f"watch {before['watch_auc']:.4f} -> {after['watch_auc']:.4f}", flush=True)
+    return {"before": before, "after": after, "seconds": seconds, "items": done["items"], "interactions": len(rows)}
 
 
 def with_fraction(data: PreparedData, fraction: float, seed: int) -> PreparedData:
@@ -160,7 +197,7 @@ def markdown(result: dict) -> str:
                         ("all", "all test rows")):
         metrics = SUMMARY[part]
         lines += [f"**{title}**", "", "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-        for name, v in result["summary"].items():
+        for name, v in result.get("summary", {}).items():
             lines.append(f"| {name} | " + " | ".join(f"{v[part][m]['mean']:.4f} ± {v[part][m]['std']:.4f}"
                                                      for m in metrics) + " |")
         lines.append("")
@@ -168,10 +205,19 @@ def markdown(result: dict) -> str:
               "", "| variant | off | " + " | ".join(f"S={p.split('@')[0]}, T={p.split('@')[1]}"
                                                      for p in (f"{s}@{t}" for s, t in POLICIES)) + " |",
               "|---" * (len(POLICIES) + 2) + "|"]
-    for name, v in result["summary"].items():
+    for name, v in result.get("summary", {}).items():
         cells = [f"{v['all']['watch_recall@10']['mean']:.4f} / {v['cold']['watch_recall@10']['mean']:.4f}"]
         cells += [f"{p['all']['mean']:.4f} / {p['cold']['mean']:.4f}" for p in v["policy"].values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    update = result.get("update")
+    if update:
+        lines += ["", f"**rec.update** ({update['model']}, {update['reveal_per_item']} first interactions per cold item; "
+                  f"the rest of the cold rows; {update['seconds']['mean']:.1f} ± {update['seconds']['std']:.1f} s)", "",
+                  "| | watch_auc | like_auc | ctcvr_auc |", "|---|---|---|---|"]
+        for when in ("before", "after"):
+            lines.append(f"| {when} | " + " | ".join(f"{update[f'{when}_{m}']['mean']:.4f} ± "
+                                                      f"{update[f'{when}_{m}']['std']:.4f}"
+                                                      for m in ("watch_auc", "like_auc", "ctcvr_auc")) + " |")
     curve = result.get("learning_curve")
     if curve:
         lines += ["", "**learning curve** (share of each user's training interactions; test watch AUC / like AUC)",
@@ -211,6 +257,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=1, help="train this many runs at once, one thread each")
     parser.add_argument("--curve", action="store_true", help="run the learning curve (on the full item set)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="cold_start.KEY=VALUE for the generator variants, e.g. cold_start.blend=1")
+    parser.add_argument("--update", action="store_true", help=f"measure rec.update on {BEST}: {REVEAL} first "
+                        "interactions of each cold item, the rest of their rows scored before and after")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -250,11 +300,25 @@ def main(argv: list[str] | None = None) -> None:
     variants = args.variants.split(",")
     cold_base = base.with_overrides(["data.cold_items=0.1"])
     data = prepare(tables, cold_base)
+    if args.update:
+        updates = {}
+        run_all(run_update, [(f"{BEST}/{s}", variant_config(cold_base, BEST, s, args.max_epochs, args.overrides))
+                 for s in seeds],
+                data, args.jobs, lambda key, row: updates.update({key: row}))
+        got = list(updates.values())
+        result["update"] = {"model": BEST, "reveal_per_item": REVEAL, "seeds": seeds, "runs": updates,
+                            "seconds": mean_std([r["seconds"] for r in got]),
+                            **{f"{when}_{m}": mean_std([r[when][m] for r in got])
+                               for when in ("before", "after") for m in ("watch_auc", "like_auc", "ctcvr_auc")}}
+        write()
+        print(json.dumps({k: v for k, v in result["update"].items() if k != "runs"}, indent=1))
+        return
     runs = result.setdefault("runs", {})
     result.update(protocol="ml100k-mt, 10 % of movies held out (data.cold_items=0.1, data.seed 2024)",
-                  cold_items=len(data.cold_items), seeds=seeds, policies=[list(p) for p in POLICIES])
-    todo = [(f"{v}/{s}", variant_config(cold_base, v, s, args.max_epochs)) for v in variants for s in seeds
-            if f"{v}/{s}" not in runs]
+                  cold_items=len(data.cold_items), seeds=seeds, policies=[list(p) for p in POLICIES],
+                  overrides=args.overrides)
+    todo = [(f"{v}/{s}", variant_config(cold_base, v, s, args.max_epochs, args.overrides)) for v in variants
+            for s in seeds if f"{v}/{s}" not in runs]
 
     def done(key: str, row: dict) -> None:
         runs[key] = row

@@ -254,6 +254,20 @@ def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `
 
 @app.command()
 @_guarded
+def serve(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback by default)"),
+          port: int = typer.Option(8000, "--port", min=1, max=65535),
+          text_model: Optional[str] = TEXT_MODEL):
+    """Serve a run over HTTP: /recommend, /score, /items, /items/{id}/similar, /health, /metrics
+    (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from polyrec.serve.http import create_app
+    uvicorn.run(create_app(run_dir, text_model), host=host, port=port)
+
+
+@app.command()
+@_guarded
 def tune(config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML experiment config to start from"),
          space: Path = typer.Option(..., "--space", help="YAML search space: config key -> {low, high[, log]} or "
                                     "{choices: [...]}"),

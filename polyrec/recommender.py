@@ -215,7 +215,7 @@ class MultiTaskRecommender:
                              **{k: v.numpy() for k, v in scores.items()}})
 
     def recommend(self, user, k: int = 10, exclude_seen: bool = True, explain: int = 2, new_slots: int = 0,
-                  new_threshold: float = 0.0) -> list[dict]:
+                  new_threshold: float = 0.0, exclude: list | None = None, only: list | None = None) -> list[dict]:
         """Top-``k`` items for ``user`` with the score of every task; items the user already
         interacted with (train and valid periods) are left out. The model reads the user's whole
         known history (with a history section). Each item lists up to ``explain`` of the user's
@@ -224,7 +224,8 @@ class MultiTaskRecommender:
 
         ``new_slots``: reserve up to that many of the ``k`` slots for new items (held out of
         training or added since: ``catalog.cold_item_ids``) whose ranking score is at least
-        ``new_threshold``; off by default (see the README's cold-start section for the trade-off)."""
+        ``new_threshold``; off by default (see the README's cold-start section for the trade-off).
+        ``exclude`` / ``only``: item ids never to recommend / the only ones that may be."""
         model = self._require_model()
         if self.config.data.item_col is None:
             raise DataError("this run's dataset has no items (data.item_col is null): there is nothing to recommend; "
@@ -239,6 +240,12 @@ class MultiTaskRecommender:
         history = self.history.get(u, np.zeros(0, np.int64))
         if exclude_seen and len(history):
             ranking[torch.from_numpy(history)] = -np.inf
+        if exclude:
+            ranking[[self._item_index(i) for i in exclude]] = -np.inf
+        if only is not None:
+            allowed = torch.zeros(n_items, dtype=torch.bool)
+            allowed[[self._item_index(i) for i in only]] = True
+            ranking[~allowed] = -np.inf
         exposure = Exposure(self.new_items(), new_slots, new_threshold) if new_slots else None
         top = topk_items(ranking.unsqueeze(0), k, exposure)[0]
         top = top[torch.isfinite(ranking[top])].tolist()
@@ -254,6 +261,20 @@ class MultiTaskRecommender:
         if self.model.events is not None and self.config.history.encoder == "attention":
             return attended_items(self.model, user, top, explain)
         return nearest_items(self.model.tables.item_text, top, history, explain)
+
+    def similar(self, item, k: int = 10) -> list[dict]:
+        """The ``k`` items closest to ``item`` (cosine): in the language model's space with item
+        text, else by the model's item vectors (the sum of the item's field embeddings)."""
+        model = self._require_model()
+        i = self._item_index(item)
+        vectors = model.tables.item_text
+        if vectors.shape[1] == 0:
+            with torch.no_grad():
+                vectors = model.nets[0].embedding.table(model.tables.item_cat).sum(1)
+        top = nearest_items(vectors, [i], np.delete(np.arange(len(vectors)), i), k)
+        cosine = torch.nn.functional.cosine_similarity(vectors[i:i + 1], vectors[top[0]]) if top else []
+        return [{"item_id": self.catalog.item_ids[j], "title": self.catalog.titles[j], "similarity": float(c)}
+                for j, c in zip(top[0] if top else [], cosine)]
 
     # -------------------------------------------------------------- cold start
     def new_items(self) -> torch.Tensor:

@@ -121,7 +121,7 @@ def test_new_item_is_scored_by_the_generator_and_recommended_when_it_should_be(t
     np.testing.assert_allclose(again["click"].to_numpy(), hot, rtol=1e-5)
 
 
-def test_update_learns_only_the_new_items_embedding_rows(trained_cold_start):
+def test_update_learns_only_the_new_items_embedding_rows(trained_cold_start, tmp_path):
     from polyrec.errors import DataError
     rec = trained_cold_start
     rec.add_items(pd.DataFrame({"item": ["fresh"], "name": ["fresh"], "price": [1.0], "tags": ["cold"]}))
@@ -141,6 +141,9 @@ def test_update_learns_only_the_new_items_embedding_rows(trained_cold_start):
     assert rec.model.item_count[fresh] == len(fans)
     assert (after["tables.item_cat"] != before["tables.item_cat"]).sum() == 1    # only its ID cell
     assert mean_score() > first                                                  # its fans now score it higher
+    rec.save(tmp_path / "run")                  # the grown vocabulary and table travel with the run
+    again = MultiTaskRecommender.load(tmp_path / "run").predict(fans, ["fresh"] * len(fans))["click"].mean()
+    assert again == pytest.approx(mean_score(), rel=1e-5)
     with pytest.raises(DataError, match=r"items \['i0'\] were trained on"):
         rec.update(pd.DataFrame({"user": ["u0"], "item": ["i0"], "click": [1.0], "buy": [0.0], "stars": [2.0]}))
     with pytest.raises(DataError, match=r"update rows: missing label column\(s\) \['buy', 'stars'\]"):

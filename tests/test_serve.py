@@ -1,0 +1,119 @@
+"""polyrec serve: every endpoint, the bad-request matrix (always a 4xx with a message, never a 5xx),
+items added while running (recommendable at once, kept across a restart) and reload."""
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from polyrec.recommender import MultiTaskRecommender
+from polyrec.serve.http import ADDED_ITEMS, MAX_BODY_BYTES, create_app
+from tests.conftest import make_config, make_tables
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    rec = MultiTaskRecommender(make_config(train__max_epochs=1)).fit(make_tables())
+    return rec.save(tmp_path_factory.mktemp("serve") / "run")
+
+
+@pytest.fixture()
+def client(run_dir):
+    (run_dir / ADDED_ITEMS).unlink(missing_ok=True)
+    with TestClient(create_app(run_dir), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_recommend_score_similar_health_and_metrics(client):
+    got = client.post("/recommend", json={"user": "u1", "k": 5})
+    assert got.status_code == 200
+    items = got.json()["items"]
+    assert len(items) == 5 and {"item_id", "score", "click", "buy", "stars"} <= set(items[0])
+    assert [i["rank"] for i in items] == [1, 2, 3, 4, 5]
+    only = client.post("/recommend", json={"user": "u1", "k": 5, "only": [items[3]["item_id"]]}).json()["items"]
+    assert [i["item_id"] for i in only] == [items[3]["item_id"]]
+    excluded = client.post("/recommend", json={"user": "u1", "k": 5, "exclude": [items[0]["item_id"]]}).json()
+    assert items[0]["item_id"] not in [i["item_id"] for i in excluded["items"]]
+    new_user = client.post("/recommend", json={"profile": {"country": "de", "age": 33}, "k": 3})
+    assert new_user.status_code == 200 and len(new_user.json()["items"]) == 3
+    again = client.post("/recommend", json={"profile": {"country": "de", "age": 33}, "k": 3}).json()
+    assert again["user"] == new_user.json()["user"]                 # one profile, one new user
+    scores = client.post("/score", json={"user": "u1", "items": ["i1", "i2"]}).json()["scores"]
+    assert [s["item_id"] for s in scores] == ["i1", "i2"] and 0 <= scores[0]["click"] <= 1
+    similar = client.get("/items/i1/similar?k=3").json()["similar"]
+    assert len(similar) == 3 and "i1" not in [s["item_id"] for s in similar]
+    assert client.get("/health").json()["status"] == "ok"
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'polyrec_requests_total{endpoint="/recommend",status="200"}' in metrics.text
+    assert "polyrec_request_seconds_bucket" in metrics.text
+
+
+@pytest.mark.parametrize("method, path, body, status, message", [
+    ("post", "/recommend", {"user": "nobody"}, 404, "unknown user id 'nobody'"),
+    ("post", "/recommend", {}, 422, "give 'user'"),
+    ("post", "/recommend", {"user": "u1", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+    ("post", "/recommend", {"user": "u1", "k": 10_000}, 422, "k: Input should be less than or equal to 100"),
+    ("post", "/recommend", {"user": "u1", "k": "ten"}, 422, "k: Input should be a valid integer"),
+    ("post", "/recommend", {"user": "u1", "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+    ("post", "/recommend", {"user": "u1", "exclude": ["no-such-item"]}, 404, "unknown item id 'no-such-item'"),
+    ("post", "/recommend", {"user": "u1", "only": []}, 422, "only: List should have at least 1 item"),
+    ("post", "/score", {"user": "u1", "items": []}, 422, "items: List should have at least 1 item"),
+    ("post", "/score", {"user": "u1", "items": ["nope"]}, 404, "unknown item id 'nope'"),
+    ("post", "/score", {"user": "u1"}, 422, "items: Field required"),
+    ("post", "/items", {"items": [{"item": "i1"}]}, 400, "already known"),
+    ("post", "/items", {"items": [{"name": "no id"}]}, 400, "'item'"),
+    ("get", "/items/nope/similar", None, 404, "unknown item id 'nope'"),
+    ("get", "/items/i1/similar?k=0", None, 422, "k must be between 1 and 100"),
+    ("post", "/admin/reload", {"run_dir": "/nonexistent/run"}, 400, "/nonexistent/run"),
+])
+def test_bad_requests_get_a_4xx_with_a_message(client, method, path, body, status, message):
+    response = client.request(method.upper(), path, json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_malformed_and_oversized_bodies(client):
+    malformed = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert malformed.status_code == 422 and "JSON" in malformed.json()["detail"]
+    big = client.post("/score", content=b"x" * (MAX_BODY_BYTES + 1), headers={"content-type": "application/json"})
+    assert big.status_code == 413
+
+
+def test_added_items_are_recommendable_at_once_and_kept_across_restart_and_reload(client, run_dir):
+    new = {"item": "fresh", "name": "Fresh item", "price": 10.0, "tags": "a|b"}
+    added = client.post("/items", json={"items": [new]})
+    assert added.status_code == 201 and added.json() == {"added": ["fresh"]}
+    got = client.post("/recommend", json={"user": "u1", "k": 1, "only": ["fresh"]}).json()["items"]
+    assert [i["item_id"] for i in got] == ["fresh"]
+    assert [json.loads(line) for line in (run_dir / ADDED_ITEMS).read_text().splitlines()] == [new]
+    with TestClient(create_app(run_dir)) as restarted:        # a restart replays the added items
+        assert restarted.post("/score", json={"user": "u1", "items": ["fresh"]}).status_code == 200
+    assert client.post("/admin/reload", json={}).json() == {"run_dir": str(run_dir)}
+    assert client.post("/score", json={"user": "u1", "items": ["fresh"]}).status_code == 200
+
+
+def test_serves_on_a_loopback_port(run_dir):
+    import uvicorn
+    (run_dir / ADDED_ITEMS).unlink(missing_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        assert health.status_code == 200 and health.json()["items"] == 40
+        docs = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=5).json()
+        assert {"/recommend", "/score", "/items", "/items/{item_id}/similar", "/health", "/metrics"} <= set(docs["paths"])
+    finally:
+        server.should_exit = True
+        thread.join(10)
