@@ -262,7 +262,7 @@ def serve(run_dir: Path = typer.Argument(..., help="a directory written by `poly
     (OpenAPI docs at /docs)."""
     import uvicorn
 
-    from polyrec.serve.http import create_app
+    from polyrec.service import create_app
     uvicorn.run(create_app(run_dir, text_model), host=host, port=port)
 
 

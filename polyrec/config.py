@@ -1,6 +1,7 @@
 """Typed experiment configuration, loadable from YAML with ``key=value`` overrides."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -394,6 +395,7 @@ class Config(_Strict):
 
     @classmethod
     def from_dict(cls, raw: dict, overrides: list[str] | None = None) -> Config:
+        raw = copy.deepcopy(raw)   # the caller's mapping stays as it was
         for item in overrides or []:
             apply_override(raw, item)
         try:

@@ -1,5 +1,7 @@
 """Cold start: the content → ID-embedding generator, blending by interaction count, new items
 scored and recommended through it, and the new-arrivals policy."""
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,9 +160,27 @@ def test_align_method_fits_after_training_and_counts_come_from_training_rows(tab
 
 
 def test_cold_start_config_checks():
-    Config.from_dict(BASE, ["cold_start={method: align, sides: [user]}"])
+    base = lambda: copy.deepcopy(BASE)  # noqa: E731  (overrides edit the mapping they are applied to)
+    Config.from_dict(base(), ["cold_start={method: align, sides: [user]}"])
     with pytest.raises(ValueError, match=r"set model.oov_dropout: \{item: 0.1\}"):
-        Config.from_dict(BASE, ["cold_start={method: dropout}"])
-    without_id = {**BASE, "features": [f for f in BASE["features"] if f["name"] != "item"]}
+        Config.from_dict(base(), ["cold_start={method: dropout}"])
+    without_id = {**base(), "features": [f for f in BASE["features"] if f["name"] != "item"]}
     with pytest.raises(ValueError, match="'item' needs the item ID as a categorical feature"):
         Config.from_dict(without_id, ["cold_start={method: align}"])
+
+
+def test_readme_cold_start_block_is_a_valid_config_section():
+    from pathlib import Path
+
+    import yaml
+
+    from polyrec.config import read_yaml
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    section = text[text.index("## Cold start: new items without retraining"):]
+    block = yaml.safe_load(section[section.index("```yaml") + 7:section.index("```", section.index("```yaml") + 7)])
+    raw = read_yaml(root / "configs" / "ml100k_mt.yaml")
+    raw["model"].update(block["model"])
+    config = Config.from_dict({**raw, "cold_start": block["cold_start"]})
+    assert config.cold_start.method == "dropout" and config.cold_start.blend == 5
+    assert config.model.oov_dropout == {"item_id": 0.1}

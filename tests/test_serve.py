@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.serve.http import ADDED_ITEMS, MAX_BODY_BYTES, create_app
+from polyrec.service import ADDED_ITEMS, MAX_BODY_BYTES, create_app
 from tests.conftest import make_config, make_tables
 
 

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from polyrec.errors import PolyrecError
+from polyrec.recommender import MultiTaskRecommender
 
 MAX_K = 100
 MAX_ITEMS = 1000
@@ -71,7 +72,6 @@ class Service:
         self.rec, self.run_dir = self._load(Path(run_dir))
 
     def _load(self, run_dir: Path):
-        from polyrec.recommender import MultiTaskRecommender
         rec = MultiTaskRecommender.load(run_dir, self.text_model)
         added = run_dir / ADDED_ITEMS
         if added.exists():
