@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen([sys.executable, "-m", "polyrec", "serve", str(run), "--port", str(port)],
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.DEVNULL)
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
         try:
             wait_until_up(url, server)
             rng = np.random.default_rng(0)
