@@ -72,19 +72,13 @@ def variant_config(base: Config, variant: str, seed: int, max_epochs: int, extra
     return protocol_config(base, model, max_epochs).with_overrides(overrides)
 
 
-def item_counts(data: PreparedData) -> np.ndarray:
-    """Training interactions per catalog item."""
-    items = np.concatenate(list(data.train_history.values()))
-    return np.bincount(items, minlength=len(data.catalog.item_ids))
-
-
 def run_cold(cfg: Config, data: PreparedData, key: str) -> dict:
     rec = MultiTaskRecommender(cfg).fit_prepared(data)
     model, objective, test = rec.model, rec.objective, data.test
     n = len(data.catalog.item_ids)
     cold = torch.zeros(n, dtype=torch.bool)
     cold[data.cold_items] = True
-    counts = item_counts(data)
+    counts = data.interaction_counts()[1]
     rows = lambda items, ranking: flat_metrics(  # noqa: E731
         evaluate(model, objective, test.restrict_items(items), n, [10], ranking), cfg)
     ranked = lambda split, **kw: flat_metrics(  # noqa: E731

@@ -18,7 +18,7 @@ from polyrec.data.dataset import (
     interaction_rows,
     prepare,
 )
-from polyrec.data.features import OOV, EncodedSide
+from polyrec.data.features import EncodedSide
 from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables, ids, new_rows, validate_labels
 from polyrec.errors import DataError, RunError
@@ -327,12 +327,10 @@ class MultiTaskRecommender:
                             "training or added with add_items); train again to learn from more of their interactions")
         positive = torch.from_numpy(interaction_rows(samples.labels.numpy(), self.config.tasks))
         items = torch.unique(samples.item)
-        feature = self.config.id_feature("item")
-        column = self.encoder.oov_slots({feature: 0.0})[0][0] - model.tables.user_cat.shape[1]
-        unassigned = items[model.tables.item_cat[items, column] == self.encoder.offsets[feature] + OOV]
+        unassigned = model.items_without_id(items)
         if len(unassigned):
-            model.own_item_rows(unassigned, self.encoder.extend(feature, [self.catalog.item_ids[i]
-                                                                          for i in unassigned.tolist()]))
+            model.own_item_rows(unassigned, self.encoder.extend(self.config.id_feature("item"),
+                                                                [self.catalog.item_ids[i] for i in unassigned.tolist()]))
         model.item_count.index_add_(0, samples.item[positive], torch.ones(int(positive.sum())))
         per_positive = self.config.data.negatives.per_positive or 4
         generator = torch.Generator().manual_seed(seed)
@@ -345,8 +343,7 @@ class MultiTaskRecommender:
                                                                generator=generator)]),
                         torch.cat([samples.item, samples.item[positive].repeat_interleave(per_positive)]),
                         torch.cat([samples.labels, negative_labels]))
-        embedding_rows = model.tables.item_cat[items, column].tolist()
-        loss = model.fit_item_rows(train, embedding_rows, self.objective, epochs, lr)
+        loss = model.fit_item_rows(train, model.item_id_rows(items).tolist(), self.objective, epochs, lr)
         for u, i in zip(samples.user[positive].tolist(), samples.item[positive].tolist()):
             self.history[u] = np.append(self.history.get(u, np.zeros(0, np.int64)), i)
         return {"items": len(items), "new_rows": len(unassigned), "rows": len(samples), "negatives": n_neg,

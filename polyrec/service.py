@@ -92,9 +92,13 @@ class Service:
             old = path.read_text() if path.exists() else ""
             lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
             fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".added_items.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(old + lines)
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(old + lines)
+                os.replace(tmp, path)
+            except BaseException:   # nothing half-written is left behind
+                Path(tmp).unlink(missing_ok=True)
+                raise
             return ids
 
 
@@ -114,12 +118,11 @@ def create_app(run_dir: str | Path, text_model: str | None = None) -> FastAPI:
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         start = time.perf_counter()
-        route = request.scope.get("route")
         try:
             response = await call_next(request)
         except Exception:   # never a traceback in a response
             response = JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
-        endpoint = getattr(request.scope.get("route"), "path", None) or getattr(route, "path", "unmatched")
+        endpoint = getattr(request.scope.get("route"), "path", "unmatched")   # the template, not the raw path
         latency.labels(endpoint).observe(time.perf_counter() - start)
         requests.labels(endpoint, str(response.status_code)).inc()
         return response

@@ -150,6 +150,13 @@ class PreparedData:
     text: TextInputs | None = None        # language-model inputs (with_text), when config.text is set
     histories: Histories | None = None    # event logs of the rows' histories and statistics (config.history/stats)
 
+    def interaction_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training-period interactions per catalog user and per catalog item."""
+        users = np.zeros(len(self.catalog.user_ids), np.int64)
+        users[list(self.train_history)] = [len(v) for v in self.train_history.values()]
+        items = np.concatenate([np.zeros(0, np.int64), *self.train_history.values()]).astype(np.int64)
+        return users, np.bincount(items, minlength=len(self.catalog.item_ids))
+
     def with_features(self, features: list[FeatureSpec]) -> PreparedData:
         """Feature vocabularies fitted on the users and items of the training rows (an ID no
         training row shows maps to OOV), and both tables encoded with them."""

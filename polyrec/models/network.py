@@ -1,7 +1,6 @@
 """The multi-task model: feature tables → embeddings → shared body (architecture) → task towers."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -162,10 +161,21 @@ class MultiTaskModel(nn.Module):
             old = getattr(self, f"{side}_count")
             setattr(self, f"{side}_count", torch.cat([old, old.new_zeros(n)]))
 
+    def item_id_rows(self, items: torch.Tensor) -> torch.Tensor:
+        """The ID-embedding rows [n] of catalog ``items`` (the generator's OOV index where an item has none)."""
+        return self.tables.item_cat[items, self._item_id_column]
+
+    @property
+    def _item_id_column(self) -> int:
+        return self.nets[0].generators["item"].layout.id_column - self.tables.user_cat.shape[1]
+
+    def items_without_id(self, items: torch.Tensor) -> torch.Tensor:
+        """Those of catalog ``items`` whose ID maps to OOV (never trained on, no row of their own)."""
+        return items[self.item_id_rows(items) == self.nets[0].generators["item"].oov]
+
     def own_item_rows(self, items: torch.Tensor, rows: list[int]) -> None:
         """Items with an OOV ID (catalog indices ``items``) get their own ID-embedding rows (global
         indices ``rows``, one past the table's end each), started at their generated embedding."""
-        column = self.nets[0].generators["item"].layout.id_column - self.tables.user_cat.shape[1]
         cat, multi, num, item_text, _ = self.tables(torch.zeros_like(items), items)
         if self.item_encoder is not None:
             item_text = self.item_encoder(items)
@@ -173,7 +183,7 @@ class MultiTaskModel(nn.Module):
             for net in self.nets:
                 generator = net.generators["item"]
                 net.embedding.grow(generator.net(generator.content(net.embedding, cat, multi, num, item_text)))
-        self.tables.item_cat[items, column] = torch.tensor(rows)
+        self.tables.item_cat[items, self._item_id_column] = torch.tensor(rows)
 
     def fit_item_rows(self, samples: Samples, rows: list[int], objective, epochs: int, lr: float) -> float:
         """Fine-tune the ID-embedding ``rows`` alone on ``samples`` (every other parameter, and the
@@ -259,9 +269,8 @@ def model_for(config, data, item_encoder: nn.Module | None = None) -> MultiTaskM
     events = EventTable.of(data.histories, n_users, config.history.length) if config.history is not None else None
     stats = StatsTable.of(data.histories, n_users, n_items, config.stats) if config.stats is not None else None
     model = build_model(config, data.encoder, FeatureTables(data.users, data.items), item_encoder, events, stats)
-    if config.cold_start is not None and data.train_history:
-        users = torch.tensor(list(data.train_history))
-        model.user_count[users] = torch.tensor([len(v) for v in data.train_history.values()], dtype=torch.float)
-        items = torch.from_numpy(np.concatenate(list(data.train_history.values())).astype(np.int64))
-        model.item_count.copy_(torch.bincount(items, minlength=n_items).float())
+    if config.cold_start is not None:
+        users, items = data.interaction_counts()
+        model.user_count.copy_(torch.from_numpy(users))
+        model.item_count.copy_(torch.from_numpy(items))
     return model
