@@ -47,7 +47,7 @@ from polyrec.config import Config
 from polyrec.data.dataset import PreparedData, prepare
 from polyrec.data.sources import load_tables
 from polyrec.evaluate.evaluator import evaluate, evaluate_pointwise, evaluate_ranking
-from polyrec.evaluate.metrics import Exposure
+from polyrec.serve.rerank import Exposure
 from polyrec.recommender import MultiTaskRecommender
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ml100k_mt.yaml"

@@ -231,6 +231,10 @@ def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `
                                             "for new items (held out of training or added with --new-item)"),
               new_threshold: float = typer.Option(0.0, "--new-threshold", help="... whose ranking score is at "
                                                   "least this"),
+              fusion: Optional[str] = typer.Option(None, "--fusion", help="rank by the product of task scores "
+                                                   "raised to weights, e.g. 'watch=1,like=0.5' (default: eval.fusion)"),
+              diversity: Optional[float] = typer.Option(None, "--diversity", min=0, max=1, help="MMR λ: 0 plain "
+                                                        "ranking, higher more varied lists (default: eval.diversity)"),
               text_model: Optional[str] = TEXT_MODEL,
               as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
     """Top-k items for a user, with titles, the score of every task and the items that explain them."""
@@ -245,11 +249,21 @@ def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `
         rec.add_items(_json_rows(value, "--new-item"))
     if new_user is not None:
         user = rec.add_users(_json_rows(new_user, "--new-user"))[0]
-    items = rec.recommend(user, k, new_slots=new_slots, new_threshold=new_threshold)
+    items = rec.recommend(user, k, new_slots=new_slots, new_threshold=new_threshold,
+                          fusion=_weights(fusion) if fusion else None, diversity=diversity)
     if as_json:
         print(json.dumps({"user_id": user, "rank_by": rec._rank_by(), "items": items}, indent=2))
     else:
         print_recommendations(user, items, rec.objective.score_names, rec.config.data.verb)
+
+
+def _weights(text: str) -> dict[str, float]:
+    """'watch=1,like=0.5' as {watch: 1.0, like: 0.5}."""
+    try:
+        return {name.strip(): float(value) for name, value in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise DataError(f"--fusion: expected NAME=WEIGHT pairs separated by commas, e.g. 'watch=1,like=0.5'; "
+                        f"got {text!r}") from None
 
 
 @app.command()

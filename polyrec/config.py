@@ -307,9 +307,14 @@ class TrainSpec(_Strict):
 
 
 class EvalSpec(_Strict):
+    """How lists are ranked and measured. ``rank_by``: the task recommendations are ranked by (else
+    the first binary task); ``fusion``: rank by Π score^weight over named task (or joint) scores
+    instead, e.g. ``{watch: 1, like: 0.5}``; ``diversity``: the default MMR λ of recommend (0: off)."""
     ks: list[PositiveInt] = Field(default_factory=lambda: [10], min_length=1)
     ranking: bool = True
     rank_by: str | None = None
+    fusion: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
+    diversity: float = Field(0.0, ge=0, le=1)
 
 
 class Config(_Strict):
@@ -371,6 +376,8 @@ class Config(_Strict):
                                      f"model.oov_dropout: {{{feature}: 0.1}} (or use method 'align')")
         if self.eval.rank_by is not None and self.eval.rank_by not in by_name:
             raise ValueError(f"eval.rank_by: '{self.eval.rank_by}' is not a task ({names})")
+        if self.eval.fusion is not None:
+            self.check_fusion(self.eval.fusion, "eval.fusion")
         weighting = build_weighting(self.weighting, self.tasks)   # options checked now, not mid-training
         if weighting.needs_representation and self.model.arch == "single":
             raise ValueError(f"weighting.method '{self.weighting.method}' balances task gradients at the shared "
@@ -380,6 +387,15 @@ class Config(_Strict):
             raise ValueError("distill.hidden_weight matches shared representations, and model.arch 'single' shares "
                              "none: use sharedbottom, mmoe or ple, or hidden_weight 0")
         return self
+
+    def check_fusion(self, weights: dict[str, float], where: str) -> None:
+        """Fusion weights name task or joint scores (positive ones: a regression task must predict
+        positive values to be fused, e.g. a rating), at least one weight non-zero."""
+        scores = [t.name for t in self.tasks] + [t.joint for t in self.tasks if t.depends_on and t.kind == "binary"]
+        unknown = [name for name in weights if name not in scores]
+        if unknown or not any(weights.values()):
+            raise ValueError(f"{where}: weights must name scores among {scores} and not all be 0; "
+                             f"got {dict(weights)}")
 
     def id_feature(self, side: str) -> str | None:
         """The categorical feature holding the user's or item's ID (read from data.user_col / item_col)."""

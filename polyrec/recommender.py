@@ -23,7 +23,6 @@ from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables, ids, new_rows, validate_labels
 from polyrec.errors import DataError, RunError
 from polyrec.evaluate.evaluator import evaluate, predict_logits
-from polyrec.evaluate.metrics import Exposure, topk_items
 from polyrec.models.network import MultiTaskModel, model_for
 from polyrec.objective import Objective
 from polyrec.rundir import RunWriter
@@ -35,6 +34,7 @@ from polyrec.serve.bundle import (
     write_json,
 )
 from polyrec.serve.explain import attended_items, nearest_items
+from polyrec.serve.rerank import Diversity, Exposure, field_vectors, fuse, topk_items
 from polyrec.text.inputs import encode_text
 from polyrec.train.log import TrainLog
 from polyrec.train.trainer import TrainResult, seed_everything, train
@@ -127,10 +127,12 @@ class MultiTaskRecommender:
         if ranking and self.config.data.item_col is None:
             ranking, notes["ranking"] = False, "the dataset has no items (data.item_col is null): nothing to rank"
         n_items, ks = len(self.catalog.item_ids), self.config.eval.ks
-        out = evaluate(model, self.objective, data, n_items, ks, ranking, progress)
+        vectors = self.field_vectors()
+        out = evaluate(model, self.objective, data, n_items, ks, ranking, progress, vectors)
         if self.catalog.cold_item_ids:
             cold = np.array([self.catalog.item_index[i] for i in self.catalog.cold_item_ids])
-            out["cold_items"] = evaluate(model, self.objective, data.restrict_items(cold), n_items, ks, ranking)
+            out["cold_items"] = evaluate(model, self.objective, data.restrict_items(cold), n_items, ks, ranking,
+                                         item_vectors=vectors)
         if notes:
             out["notes"] = {**out.get("notes", {}), **notes}
         return out
@@ -215,7 +217,8 @@ class MultiTaskRecommender:
                              **{k: v.numpy() for k, v in scores.items()}})
 
     def recommend(self, user, k: int = 10, exclude_seen: bool = True, explain: int = 2, new_slots: int = 0,
-                  new_threshold: float = 0.0, exclude: list | None = None, only: list | None = None) -> list[dict]:
+                  new_threshold: float = 0.0, exclude: list | None = None, only: list | None = None,
+                  fusion: dict[str, float] | None = None, diversity: float | None = None) -> list[dict]:
         """Top-``k`` items for ``user`` with the score of every task; items the user already
         interacted with (train and valid periods) are left out. The model reads the user's whole
         known history (with a history section). Each item lists up to ``explain`` of the user's
@@ -225,7 +228,10 @@ class MultiTaskRecommender:
         ``new_slots``: reserve up to that many of the ``k`` slots for new items (held out of
         training or added since: ``catalog.cold_item_ids``) whose ranking score is at least
         ``new_threshold``; off by default (see the README's cold-start section for the trade-off).
-        ``exclude`` / ``only``: item ids never to recommend / the only ones that may be."""
+        ``exclude`` / ``only``: item ids never to recommend / the only ones that may be.
+        ``fusion``: rank by Π score^weight over task scores (default ``eval.fusion``, else
+        ``eval.rank_by``); the list's ``score`` is then the fused score. ``diversity``: MMR λ in
+        [0, 1] (default ``eval.diversity``) over :meth:`diversity_vectors`."""
         model = self._require_model()
         if self.config.data.item_col is None:
             raise DataError("this run's dataset has no items (data.item_col is null): there is nothing to recommend; "
@@ -235,8 +241,19 @@ class MultiTaskRecommender:
         u = self._user_index(user)
         n_items = len(self.catalog.item_ids)
         scores = self.objective.scores(predict_logits(model, torch.full((n_items,), u), torch.arange(n_items)))
-        rank_by = self._rank_by()
-        ranking = scores[rank_by].clone()
+        fusion = self.config.eval.fusion if fusion is None else fusion
+        if fusion:
+            try:
+                self.config.check_fusion(fusion, "fusion")
+            except ValueError as err:
+                raise DataError(str(err)) from None
+        lam = self.config.eval.diversity if diversity is None else diversity
+        if not 0 <= lam <= 1:
+            raise DataError(f"diversity must be between 0 (plain ranking) and 1, got {lam}")
+        if lam and new_slots:
+            raise DataError("new_slots and diversity cannot be combined in one list yet; use one of them")
+        fused = fuse(scores, fusion) if fusion else scores[self._rank_by()]
+        ranking = fused.clone()
         history = self.history.get(u, np.zeros(0, np.int64))
         if exclude_seen and len(history):
             ranking[torch.from_numpy(history)] = -np.inf
@@ -247,11 +264,13 @@ class MultiTaskRecommender:
             allowed[[self._item_index(i) for i in only]] = True
             ranking[~allowed] = -np.inf
         exposure = Exposure(self.new_items(), new_slots, new_threshold) if new_slots else None
-        top = topk_items(ranking.unsqueeze(0), k, exposure)[0]
+        top = topk_items(ranking.unsqueeze(0), k, exposure,
+                         Diversity(self.diversity_vectors(), lam) if lam else None)[0]
         top = top[torch.isfinite(ranking[top])].tolist()
         because = self._because(u, top, history, explain)
         return [{"rank": r + 1, "item_id": self.catalog.item_ids[i], "title": self.catalog.titles[i],
-                 "score": float(scores[rank_by][i]), **{name: float(v[i]) for name, v in scores.items()},
+                 "score": float(fused[i].exp() if fusion else fused[i]),
+                 **{name: float(v[i]) for name, v in scores.items()},
                  **({"because": [self.catalog.titles[j] for j in because[r]]} if because else {})}
                 for r, i in enumerate(top)]
 
@@ -275,6 +294,21 @@ class MultiTaskRecommender:
         cosine = torch.nn.functional.cosine_similarity(vectors[i:i + 1], vectors[top[0]]) if top else []
         return [{"item_id": self.catalog.item_ids[j], "title": self.catalog.titles[j], "similarity": float(c)}
                 for j, c in zip(top[0] if top else [], cosine)]
+
+    def field_vectors(self) -> torch.Tensor:
+        """[n_items, V]: each item's field values (not its ID) as a unit vector; what intra-list
+        diversity is measured in, the same for every model of a dataset."""
+        model = self._require_model()
+        tables, item_id = model.tables, self.config.id_feature("item")
+        names = [spec.name for spec in self.encoder.side_specs("item", "cat")]
+        return field_vectors(tables.item_cat, tables.multi[tables.n_user_multi:],
+                             names.index(item_id) if item_id in names else None)
+
+    def diversity_vectors(self) -> torch.Tensor:
+        """[n_items, D]: the space MMR diversifies in: the language model's item vectors with item
+        text, else :meth:`field_vectors`."""
+        text = self._require_model().tables.item_text
+        return text if text.shape[1] else self.field_vectors()
 
     # -------------------------------------------------------------- cold start
     def new_items(self) -> torch.Tensor:

@@ -47,6 +47,9 @@ class RecommendRequest(_Request):
     new_slots: int = Field(0, ge=0, le=MAX_K, description="slots reserved for items newer than the training data")
     new_threshold: float = 0.0
     explain: int = Field(2, ge=0, le=10)
+    fusion: dict[str, float] | None = Field(None, max_length=16, description="rank by the product of task scores "
+                                            "raised to these weights, e.g. {\"watch\": 1, \"like\": 0.5}")
+    diversity: float | None = Field(None, ge=0, le=1, description="MMR λ: 0 plain ranking, higher more varied")
 
 
 class ScoreRequest(_Request):
@@ -153,8 +156,10 @@ def create_app(run_dir: str | Path, text_model: str | None = None) -> FastAPI:
             return JSONResponse({"detail": "give 'user' (a known user's id) or 'profile' (a new user)"},
                                 status_code=422)
         items = rec.recommend(user, body.k, explain=body.explain, new_slots=body.new_slots,
-                              new_threshold=body.new_threshold, exclude=body.exclude, only=body.only)
-        return {"user": user, "rank_by": rec._rank_by(), "items": items}
+                              new_threshold=body.new_threshold, exclude=body.exclude, only=body.only,
+                              fusion=body.fusion, diversity=body.diversity)
+        fusion = body.fusion or rec.config.eval.fusion
+        return {"user": user, "rank_by": {"fusion": fusion} if fusion else rec._rank_by(), "items": items}
 
     @app.post("/score")
     def score(body: ScoreRequest):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from polyrec.config import Config
-from polyrec.evaluate.metrics import Exposure, topk_items
+from polyrec.serve.rerank import Exposure, topk_items
 from polyrec.models.generator import IdGenerator, SideLayout
 from polyrec.models.layers import FeatureEmbedding
 from polyrec.recommender import MultiTaskRecommender

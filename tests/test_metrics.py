@@ -48,9 +48,18 @@ def test_pointwise_regression_and_logloss(scored):
     assert M.mae(label, score) == pytest.approx(mean_absolute_error(label, score))
 
 
-def test_topk_breaks_ties_by_lower_index():
-    scores = torch.tensor([[0.5, 0.9, 0.5, 0.9, 0.1]])
-    assert M.topk_items(scores, 4).tolist() == [[1, 3, 0, 2]]
+def test_ild_and_novelty_hand_computed():
+    # items 0 and 1 share a vector, item 2 is orthogonal to both
+    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    popularity = torch.tensor([0.5, 0.25, 0.125])
+    acc = M.RankingAccumulator([2, 3], 3, vectors, popularity)
+    truth = torch.ones(2, 3, dtype=torch.bool)
+    acc.add(torch.tensor([[0, 1, 2], [0, 2, 1]]), truth)
+    r = acc.result()
+    assert r["ild@2"] == pytest.approx((0 + 1) / 2)            # [0, 1] alike, [0, 2] apart
+    assert r["ild@3"] == pytest.approx(2 / 3)                   # 2 of the 3 pairs apart, both lists
+    assert r["novelty@2"] == pytest.approx(((1 + 2) / 2 + (1 + 3) / 2) / 2)
+    assert r["novelty@3"] == pytest.approx(2.0)
 
 
 def test_ranking_metrics_hand_computed():

@@ -41,6 +41,13 @@ def test_recommend_score_similar_health_and_metrics(client):
     assert new_user.status_code == 200 and len(new_user.json()["items"]) == 3
     again = client.post("/recommend", json={"profile": {"country": "de", "age": 33}, "k": 3}).json()
     assert again["user"] == new_user.json()["user"]                 # one profile, one new user
+    fused = client.post("/recommend", json={"user": "u1", "k": 5, "fusion": {"click": 1, "buy": 2}}).json()
+    assert fused["rank_by"] == {"fusion": {"click": 1, "buy": 2}}
+    assert [i["score"] for i in fused["items"]] == pytest.approx([i["click"] * i["buy"] ** 2 for i in fused["items"]],
+                                                                 rel=1e-4)
+    assert fused["items"] == sorted(fused["items"], key=lambda i: -i["score"])
+    varied = client.post("/recommend", json={"user": "u1", "k": 5, "diversity": 0.0}).json()["items"]
+    assert [i["item_id"] for i in varied] == [i["item_id"] for i in items]     # λ = 0: the plain ranking
     scores = client.post("/score", json={"user": "u1", "items": ["i1", "i2"]}).json()["scores"]
     assert [s["item_id"] for s in scores] == ["i1", "i2"] and 0 <= scores[0]["click"] <= 1
     similar = client.get("/items/i1/similar?k=3").json()["similar"]
@@ -61,6 +68,9 @@ def test_recommend_score_similar_health_and_metrics(client):
     ("post", "/recommend", {"user": "u1", "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
     ("post", "/recommend", {"user": "u1", "exclude": ["no-such-item"]}, 404, "unknown item id 'no-such-item'"),
     ("post", "/recommend", {"user": "u1", "only": []}, 422, "only: List should have at least 1 item"),
+    ("post", "/recommend", {"user": "u1", "fusion": {"colour": 1}}, 400, "fusion: weights must name scores"),
+    ("post", "/recommend", {"user": "u1", "diversity": 2}, 422, "diversity: Input should be less than or equal to 1"),
+    ("post", "/recommend", {"user": "u1", "diversity": 0.5, "new_slots": 1}, 400, "cannot be combined"),
     ("post", "/score", {"user": "u1", "items": []}, 422, "items: List should have at least 1 item"),
     ("post", "/score", {"user": "u1", "items": ["nope"]}, 404, "unknown item id 'nope'"),
     ("post", "/score", {"user": "u1"}, 422, "items: Field required"),

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from polyrec.data.dataset import EvalData, Samples
 from polyrec.evaluate import metrics as M
 from polyrec.objective import Objective
+from polyrec.serve.rerank import Diversity, Exposure, topk_items
 
 
 @torch.no_grad()
@@ -66,7 +67,8 @@ def _pairs_by_row(rows: np.ndarray, items: np.ndarray):
 
 def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
                      chunk_users: int = 256, progress: bool = False, per_user: dict | None = None,
-                     candidates: torch.Tensor | None = None, exposure: M.Exposure | None = None
+                     candidates: torch.Tensor | None = None, exposure: Exposure | None = None,
+                     diversity: Diversity | None = None, item_vectors: torch.Tensor | None = None
                      ) -> dict[str, dict[str, float]]:
     """Rank every catalog item not among the user's earlier interactions, for each binary task.
 
@@ -74,7 +76,10 @@ def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, 
     task: parent and child labels) is 1; dependent tasks are ranked by p(parent)·p(child).
     ``per_user``: filled with each task's per-user values (user index, ``ndcg@K``).
     ``candidates`` [n_items] (bool): rank these items only (e.g. a new-arrivals shelf);
-    ``exposure``: the lists reserve slots for new items (see :class:`~polyrec.evaluate.metrics.Exposure`).
+    ``exposure``: the lists reserve slots for new items (see :class:`~polyrec.serve.rerank.Exposure`);
+    ``diversity``: the lists are re-ranked by MMR (:class:`~polyrec.serve.rerank.Diversity`).
+    Beyond accuracy: coverage@K, novelty@K (item popularity from the train and valid
+    interactions, add-one smoothed) and, with ``item_vectors``, intra-list diversity ild@K.
     """
     tasks = [t for t in objective.tasks if t.kind == "binary"]
     index = {t.name: i for i, t in enumerate(objective.tasks)}
@@ -91,7 +96,9 @@ def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, 
     seen_rows = row_of[data.seen_user]
     seen_rows, seen_items = _pairs_by_row(seen_rows[seen_rows >= 0].numpy(), data.seen_item[seen_rows >= 0].numpy())
     gt_rows, gt_items = row_of[data.interactions.user].numpy(), data.interactions.item.numpy()
-    acc = {t.name: M.RankingAccumulator(ks, n_items) for t in tasks}
+    n_seen_users = len(torch.unique(data.seen_user))
+    popularity = (torch.bincount(data.seen_item, minlength=n_items) + 1) / (n_seen_users + 1)
+    acc = {t.name: M.RankingAccumulator(ks, n_items, item_vectors, popularity) for t in tasks}
     all_items = torch.arange(n_items)
     model.eval()
     for a in tqdm(range(0, len(users), chunk_users), desc="ranking the catalog for each user", unit="chunk",
@@ -111,22 +118,23 @@ def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, 
             truth = torch.zeros(n, n_items, dtype=torch.bool)
             hit = in_chunk & truth_of[task.name].numpy()
             truth[torch.from_numpy(gt_rows[hit] - a), torch.from_numpy(gt_items[hit])] = True
-            acc[task.name].add(M.topk_items(matrix, max(ks), exposure), truth, chunk)
+            acc[task.name].add(topk_items(matrix, max(ks), exposure, diversity), truth, chunk)
     if per_user is not None:
         per_user.update({name: a.per_user() for name, a in acc.items()})
     return {name: a.result() for name, a in acc.items()}
 
 
 def evaluate(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
-             ranking: bool = True, progress: bool = False) -> dict:
-    """Per-task (and joint) metrics, then ``ranking``; metrics undefined on these rows are left out,
-    and ``notes`` says why."""
+             ranking: bool = True, progress: bool = False, item_vectors: torch.Tensor | None = None) -> dict:
+    """Per-task (and joint) metrics, then ``ranking`` (``item_vectors``: see :func:`evaluate_ranking`);
+    metrics undefined on these rows are left out, and ``notes`` says why."""
     out = evaluate_pointwise(model, objective, data.samples)
     notes = leave_out_undefined(out)
     if notes:
         out["notes"] = notes
     if ranking:
-        out["ranking"] = evaluate_ranking(model, objective, data, n_items, ks, progress=progress)
+        out["ranking"] = evaluate_ranking(model, objective, data, n_items, ks, progress=progress,
+                                          item_vectors=item_vectors)
     return out
 
 

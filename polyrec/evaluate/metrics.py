@@ -5,8 +5,6 @@ the ideal DCG over min(|ground truth|, K); averages over users with ground truth
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
@@ -58,36 +56,23 @@ def mae(target: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - target)))
 
 
-@dataclass
-class Exposure:
-    """A new-arrivals policy: up to ``slots`` of each top-k list go to ``new`` items [n_items]
-    (bool) whose score is at least ``threshold``, in place of the lowest-scored others."""
-
-    new: torch.Tensor
-    slots: int
-    threshold: float = 0.0
-
-
-def topk_items(scores: torch.Tensor, k: int, exposure: Exposure | None = None) -> torch.Tensor:
-    """Top-k item indices per row by score, ties broken by the lower item index; with
-    ``exposure``, its reserved new items are in the list, which stays ordered by score."""
-    order = lambda s: torch.sort(s, dim=1, descending=True, stable=True).indices  # noqa: E731
-    if exposure is None or not exposure.slots:
-        return order(scores)[:, :k]
-    eligible = scores.masked_fill(~exposure.new | (scores < exposure.threshold), -np.inf)
-    reserved = eligible.topk(min(exposure.slots, k, scores.shape[1]), dim=1)
-    boosted = scores.scatter(1, reserved.indices, torch.where(torch.isfinite(reserved.values), np.inf,
-                                                              scores.gather(1, reserved.indices)))
-    top = order(boosted)[:, :k]
-    return top.gather(1, order(scores.gather(1, top)))
-
-
 class RankingAccumulator:
-    """Sums Recall/NDCG/MRR/HitRate@K over user chunks; coverage@K over all recommended items."""
+    """Sums Recall/NDCG/MRR/HitRate@K over user chunks; coverage@K over all recommended items.
 
-    def __init__(self, ks: list[int], n_items: int):
+    Beyond accuracy (Kaminskas & Bridge, 2016): ``item_vectors`` [n_items, V] (unit rows) give
+    intra-list diversity ``ild@K``, the mean 1 − cosine over the pairs of a list; ``popularity``
+    [n_items] (the share of users who interacted with each item) gives ``novelty@K``, the mean
+    self-information −log2 p of the listed items.
+    """
+
+    def __init__(self, ks: list[int], n_items: int, item_vectors: torch.Tensor | None = None,
+                 popularity: torch.Tensor | None = None):
         self.ks, self.n_items = sorted(ks), n_items
-        self.sums = {f"{m}@{k}": 0.0 for k in self.ks for m in ("recall", "ndcg", "mrr", "hit")}
+        self.item_vectors = item_vectors
+        self.surprise = -torch.log2(popularity.double()) if popularity is not None else None
+        names = ("recall", "ndcg", "mrr", "hit") + (("ild",) if item_vectors is not None else ()) \
+            + (("novelty",) if popularity is not None else ())
+        self.sums = {f"{m}@{k}": 0.0 for k in self.ks for m in names}
         self.users = 0
         self.recommended = {k: torch.zeros(n_items, dtype=torch.bool) for k in self.ks}
         self.by_user: dict[str, list[torch.Tensor]] = {"user": [], **{f"ndcg@{k}": [] for k in self.ks}}
@@ -115,6 +100,12 @@ class RankingAccumulator:
             in_k = (first_hit > 0) & (first_hit <= k)
             self.sums[f"mrr@{k}"] += float(torch.where(in_k, 1.0 / first_hit.clamp(min=1), 0.0).sum())
             self.sums[f"hit@{k}"] += float(h.any(1).double().sum())
+            if self.item_vectors is not None and k > 1:
+                v = self.item_vectors[top[:, :k]].double()                  # [U, k, V]
+                similarity = (v @ v.transpose(1, 2)).sum((1, 2)) - (v * v).sum((1, 2))
+                self.sums[f"ild@{k}"] += float((1 - similarity / (k * (k - 1))).sum())
+            if self.surprise is not None:
+                self.sums[f"novelty@{k}"] += float(self.surprise[top[:, :k]].mean(1).sum())
             self.recommended[k][top[:, :k].reshape(-1)] = True
         self.users += int(keep.sum())
 
