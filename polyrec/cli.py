@@ -271,13 +271,35 @@ def _weights(text: str) -> dict[str, float]:
 def serve(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback by default)"),
           port: int = typer.Option(8000, "--port", min=1, max=65535),
+          onnx: bool = typer.Option(False, "--onnx", help="score with the run's model.onnx (polyrec export --onnx) "
+                                    "in onnxruntime; the catalog is then fixed"),
           text_model: Optional[str] = TEXT_MODEL):
     """Serve a run over HTTP: /recommend, /score, /items, /items/{id}/similar, /health, /metrics
     (OpenAPI docs at /docs)."""
     import uvicorn
 
     from polyrec.service import create_app
-    uvicorn.run(create_app(run_dir, text_model), host=host, port=port)
+    uvicorn.run(create_app(run_dir, text_model, onnx), host=host, port=port)
+
+
+@app.command()
+@_guarded
+def export(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
+           onnx: bool = typer.Option(False, "--onnx", help="the ranking network as ONNX (dynamic batch)"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="where to write it (default: "
+                                              "RUN_DIR/model.onnx)"),
+           overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier export"),
+           text_model: Optional[str] = TEXT_MODEL):
+    """Export a run for other runtimes; checks the export against the model on every user × 100 items."""
+    from polyrec.recommender import MultiTaskRecommender
+
+    if not onnx:
+        raise DataError("say what to export: --onnx")
+    rec = MultiTaskRecommender.load(run_dir, text_model)
+    path = rec.export_onnx(out, overwrite)
+    difference = rec.onnx_difference(path)
+    print(f"wrote {path}: outputs user × item → {rec.objective.names}; max abs difference from the model "
+          f"{difference:.2e} over {len(rec.catalog.user_ids)} users × 100 items")
 
 
 @app.command()

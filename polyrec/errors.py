@@ -28,3 +28,16 @@ class TextModelError(PolyrecError, RuntimeError):
 
 class TrainingError(PolyrecError, FloatingPointError):
     """Training diverged (a loss became NaN or infinite); the message says which setting to change."""
+
+
+class MissingExtraError(PolyrecError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the extra."""
+
+
+def optional_import(module: str, extra: str):
+    """``module`` imported, or a :class:`MissingExtraError` naming the extra that installs it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"this needs the Python package '{module}': pip install 'polyrec[{extra}]'") from None

@@ -56,6 +56,7 @@ class MultiTaskRecommender:
         self.model: MultiTaskModel | None = None
         self.result: TrainResult | None = None
         self.run_dir: Path | None = None   # set by load(): its language model name must be checked
+        self.onnx = None                    # an OnnxScorer that scores instead of the model (use_onnx)
 
     # ----------------------------------------------------------------- training
     def fit(self, tables: Tables | None = None, log_dir: str | Path | None = None) -> MultiTaskRecommender:
@@ -207,12 +208,12 @@ class MultiTaskRecommender:
 
     def predict(self, users: list, items: list) -> pd.DataFrame:
         """Scores of every task for (user, item) pairs given by their ids."""
-        model = self._require_model()
+        self._require_model()
         if len(users) != len(items):
             raise DataError(f"predict: {len(users)} users but {len(items)} items; pass one user per item")
         u = torch.tensor([self._user_index(x) for x in users], dtype=torch.long)
         i = torch.tensor([self._item_index(x) for x in items], dtype=torch.long)
-        scores = self.objective.scores(predict_logits(model, u, i))
+        scores = self.objective.scores(self._logits(u, i))
         return pd.DataFrame({"user_id": [str(x) for x in users], "item_id": [str(x) for x in items],
                              **{k: v.numpy() for k, v in scores.items()}})
 
@@ -232,7 +233,7 @@ class MultiTaskRecommender:
         ``fusion``: rank by Π score^weight over task scores (default ``eval.fusion``, else
         ``eval.rank_by``); the list's ``score`` is then the fused score. ``diversity``: MMR λ in
         [0, 1] (default ``eval.diversity``) over :meth:`diversity_vectors`."""
-        model = self._require_model()
+        self._require_model()
         if self.config.data.item_col is None:
             raise DataError("this run's dataset has no items (data.item_col is null): there is nothing to recommend; "
                             "score users with predict_rows (polyrec predict) instead")
@@ -240,7 +241,7 @@ class MultiTaskRecommender:
             raise DataError(f"k must be at least 1, got {k}")
         u = self._user_index(user)
         n_items = len(self.catalog.item_ids)
-        scores = self.objective.scores(predict_logits(model, torch.full((n_items,), u), torch.arange(n_items)))
+        scores = self.objective.scores(self._logits(torch.full((n_items,), u), torch.arange(n_items)))
         fusion = self.config.eval.fusion if fusion is None else fusion
         if fusion:
             try:
@@ -273,6 +274,48 @@ class MultiTaskRecommender:
                  **{name: float(v[i]) for name, v in scores.items()},
                  **({"because": [self.catalog.titles[j] for j in because[r]]} if because else {})}
                 for r, i in enumerate(top)]
+
+    def _logits(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """Every task's output [B, T] for (user, item) catalog indices: the ONNX graph's (use_onnx) or the model's."""
+        if self.onnx is not None:
+            return self.onnx(user, item)
+        return predict_logits(self._require_model(), user, item)
+
+    def export_onnx(self, path: str | Path | None = None, overwrite: bool = False) -> Path:
+        """Write the ranking network as ONNX (default: ``model.onnx`` in the run directory it was
+        loaded from); see :mod:`polyrec.serve.onnx`."""
+        from polyrec.serve.onnx import ONNX_FILE, export_onnx
+        if path is None and self.run_dir is None:
+            raise DataError("export_onnx: give a path (this recommender was not loaded from a run directory)")
+        return export_onnx(self._require_model(), Path(path) if path else self.run_dir / ONNX_FILE,
+                           len(self.catalog.user_ids), len(self.catalog.item_ids), overwrite)
+
+    def use_onnx(self, path: str | Path | None = None, threads: int = 1) -> MultiTaskRecommender:
+        """Score with an exported ONNX graph in onnxruntime from now on (recommend, predict);
+        its catalog is fixed, so adding items or users is refused until it is exported again."""
+        from polyrec.serve.onnx import ONNX_FILE, OnnxScorer
+        path = Path(path) if path else (self.run_dir or Path(".")) / ONNX_FILE
+        if not path.exists():
+            raise RunError(f"{path} does not exist: export it first with `polyrec export RUN_DIR --onnx`")
+        self.onnx = OnnxScorer(path, len(self.catalog.user_ids), len(self.catalog.item_ids), threads)
+        return self
+
+    def onnx_difference(self, path: str | Path, n_items: int = 100, seed: int = 0) -> float:
+        """Max abs difference between the ONNX graph at ``path`` and the model, over every task's
+        outputs for every user × ``n_items`` random items."""
+        from polyrec.serve.onnx import OnnxScorer
+        n_users, n_all = len(self.catalog.user_ids), len(self.catalog.item_ids)
+        items = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))[:n_items]
+        user, item = torch.arange(n_users).repeat_interleave(len(items)), items.repeat(n_users)
+        graph = OnnxScorer(Path(path), n_users, n_all)
+        return float(max((graph(user[a:a + 65536], item[a:a + 65536])
+                          - predict_logits(self._require_model(), user[a:a + 65536], item[a:a + 65536])).abs().max()
+                         for a in range(0, len(user), 65536)))
+
+    def _refuse_if_onnx(self, what: str) -> None:
+        if self.onnx is not None:
+            raise DataError(f"{what}: this recommender scores with the ONNX graph {self.onnx.path}, whose catalog is "
+                            "fixed; serve without --onnx to add items or users, or add them, save and export again")
 
     def _because(self, user: int, top: list[int], history: np.ndarray, explain: int) -> list[list[int]]:
         """Per recommended item, up to ``explain`` of the user's earlier items behind it: those the
@@ -321,6 +364,7 @@ class MultiTaskRecommender:
         """Make new items scorable and recommendable at once, without retraining: their
         features and text stand in for the ID the model has never seen (it maps to OOV).
         ``items`` has the item id column and any of the feature and template columns."""
+        self._refuse_if_onnx("add items")
         items = new_rows(items, self.config, "item")
         ids = self._new_ids(items, self.config.data.item_col, self.catalog.item_index, "item")
         side = self._encode_new(items, "item")
@@ -347,6 +391,7 @@ class MultiTaskRecommender:
         negatives per interaction, 4 if the config samples none) with every other parameter fixed;
         its interaction count grows, so its blend moves from generated to own. The rows also join
         the users' histories (not recommended again). Returns what it did."""
+        self._refuse_if_onnx("update")
         model = self._require_model()
         cold = self.config.cold_start
         if cold is None or "item" not in cold.sides:
@@ -385,6 +430,7 @@ class MultiTaskRecommender:
 
     def add_users(self, users: pd.DataFrame) -> list[str]:
         """New users with a profile and no history: recommendable at once by their id."""
+        self._refuse_if_onnx("add users")
         users = new_rows(users, self.config, "user")
         ids = self._new_ids(users, self.config.data.user_col, self.catalog.user_index, "user")
         side = self._encode_new(users, "user")

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from polyrec.errors import PolyrecError
 from polyrec.recommender import MultiTaskRecommender
+from polyrec.serve.onnx import ONNX_FILE
 
 MAX_K = 100
 MAX_ITEMS = 1000
@@ -69,8 +70,8 @@ class ReloadRequest(_Request):
 class Service:
     """The recommender being served, swapped whole on reload; writes are serialised."""
 
-    def __init__(self, run_dir: str | Path, text_model: str | None = None):
-        self.text_model = text_model
+    def __init__(self, run_dir: str | Path, text_model: str | None = None, onnx: bool = False):
+        self.text_model, self.onnx = text_model, onnx
         self.lock = threading.RLock()
         self.rec, self.run_dir = self._load(Path(run_dir))
 
@@ -81,6 +82,8 @@ class Service:
             rows = [json.loads(line) for line in added.read_text().splitlines() if line.strip()]
             if rows:
                 rec.add_items(pd.DataFrame(rows))
+        if self.onnx:
+            rec.use_onnx(run_dir / ONNX_FILE)
         return rec, run_dir
 
     def reload(self, run_dir: Path | None) -> None:
@@ -105,8 +108,9 @@ class Service:
             return ids
 
 
-def create_app(run_dir: str | Path, text_model: str | None = None) -> FastAPI:
-    service = Service(run_dir, text_model)
+def create_app(run_dir: str | Path, text_model: str | None = None, onnx: bool = False) -> FastAPI:
+    """The app serving ``run_dir``; ``onnx``: score with its exported ``model.onnx`` in onnxruntime."""
+    service = Service(run_dir, text_model, onnx)
     registry = CollectorRegistry()
     requests = Counter("polyrec_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("polyrec_request_seconds", "request latency", ["endpoint"], registry=registry,

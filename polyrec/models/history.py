@@ -109,7 +109,7 @@ class TargetAttention(nn.Module):
         hidden = self.event(events) + self.product(events * candidate.unsqueeze(1)) \
             + self.candidate(candidate).unsqueeze(1)                                   # [B, L, H]
         scores = self.out(torch.relu(hidden)).squeeze(-1)
-        scores = torch.cat([scores.masked_fill(~mask, -torch.inf), scores.new_zeros(len(scores), 1)], 1)
+        scores = torch.cat([scores.masked_fill(~mask, -torch.inf), torch.zeros_like(scores[:, :1])], 1)
         weights = torch.softmax(scores, 1)[:, :-1]
         return torch.bmm(weights.unsqueeze(1), events).squeeze(1), weights
 
