@@ -252,6 +252,23 @@ class ColdStartSpec(_Strict):
     hidden: int = Field(64, gt=0)
 
 
+class RetrievalSpec(_Strict):
+    """A two-tower retrieval head (:mod:`polyrec.models.retrieval`) for catalogs too large to score
+    whole: user and item towers over the ranker's field embeddings (and text), trained after the
+    ranker on ``task``'s labels (default: the first binary task). Catalogs of more than
+    ``threshold`` items are recommended from the ``candidates`` nearest items of an HNSW index
+    (faiss; ``ef_search``: its search breadth), which the multi-task ranker then scores."""
+
+    task: str | None = None
+    dim: int = Field(32, gt=0)
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
+    epochs: int = Field(3, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    threshold: int = Field(20_000, ge=0)
+    candidates: int = Field(200, gt=0)
+    ef_search: int = Field(256, gt=0)
+
+
 class WeightingSpec(_Strict):
     method: str = "static"
     options: dict = Field(default_factory=dict)
@@ -326,6 +343,7 @@ class Config(_Strict):
     history: HistorySpec | None = None
     stats: StatsSpec | None = None
     cold_start: ColdStartSpec | None = None
+    retrieval: RetrievalSpec | None = None
     weighting: WeightingSpec = Field(default_factory=WeightingSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -376,6 +394,12 @@ class Config(_Strict):
                                      f"model.oov_dropout: {{{feature}: 0.1}} (or use method 'align')")
         if self.eval.rank_by is not None and self.eval.rank_by not in by_name:
             raise ValueError(f"eval.rank_by: '{self.eval.rank_by}' is not a task ({names})")
+        if self.retrieval is not None:
+            if self.data.item_col is None:
+                raise ValueError("retrieval finds items for users: it needs data.item_col (or remove the section)")
+            task = by_name.get(self.retrieval.task) if self.retrieval.task else None
+            if (task is None and self.retrieval.task) or (task is not None and task.kind != "binary"):
+                raise ValueError(f"retrieval.task: '{self.retrieval.task}' is not a binary task ({names})")
         if self.eval.fusion is not None:
             self.check_fusion(self.eval.fusion, "eval.fusion")
         weighting = build_weighting(self.weighting, self.tasks)   # options checked now, not mid-training

@@ -57,6 +57,7 @@ class MultiTaskRecommender:
         self.result: TrainResult | None = None
         self.run_dir: Path | None = None   # set by load(): its language model name must be checked
         self.onnx = None                    # an OnnxScorer that scores instead of the model (use_onnx)
+        self._ann = None                    # the retrieval head's item index, built on first use
 
     # ----------------------------------------------------------------- training
     def fit(self, tables: Tables | None = None, log_dir: str | Path | None = None) -> MultiTaskRecommender:
@@ -102,6 +103,9 @@ class MultiTaskRecommender:
                 log.close(result)
         if cfg.cold_start is not None and cfg.cold_start.method == "align":
             self.model.align_generators()
+        if cfg.retrieval is not None:
+            self.model.fit_retrieval(data.train, self._retrieval_task(), cfg.retrieval, cfg.train.batch_size,
+                                     cfg.train.seed)
         self.result = result
         return self
 
@@ -240,8 +244,6 @@ class MultiTaskRecommender:
         if k < 1:
             raise DataError(f"k must be at least 1, got {k}")
         u = self._user_index(user)
-        n_items = len(self.catalog.item_ids)
-        scores = self.objective.scores(self._logits(torch.full((n_items,), u), torch.arange(n_items)))
         fusion = self.config.eval.fusion if fusion is None else fusion
         if fusion:
             try:
@@ -253,27 +255,54 @@ class MultiTaskRecommender:
             raise DataError(f"diversity must be between 0 (plain ranking) and 1, got {lam}")
         if lam and new_slots:
             raise DataError("new_slots and diversity cannot be combined in one list yet; use one of them")
+        history = self.history.get(u, np.zeros(0, np.int64))
+        # the items scored: those allowed, else the retrieval head's candidates, else the whole catalog
+        pool = torch.tensor(sorted({self._item_index(i) for i in only})) if only is not None else \
+            self._candidates(u, len(history) + (len(exclude) if exclude else 0))
+        scores = self.objective.scores(self._logits(torch.full((len(pool),), u), pool))
         fused = fuse(scores, fusion) if fusion else scores[self._rank_by()]
         ranking = fused.clone()
-        history = self.history.get(u, np.zeros(0, np.int64))
         if exclude_seen and len(history):
-            ranking[torch.from_numpy(history)] = -np.inf
+            ranking[torch.isin(pool, torch.from_numpy(history))] = -np.inf
         if exclude:
-            ranking[[self._item_index(i) for i in exclude]] = -np.inf
-        if only is not None:
-            allowed = torch.zeros(n_items, dtype=torch.bool)
-            allowed[[self._item_index(i) for i in only]] = True
-            ranking[~allowed] = -np.inf
-        exposure = Exposure(self.new_items(), new_slots, new_threshold) if new_slots else None
+            ranking[torch.isin(pool, torch.tensor([self._item_index(i) for i in exclude]))] = -np.inf
+        exposure = Exposure(self.new_items()[pool], new_slots, new_threshold) if new_slots else None
         top = topk_items(ranking.unsqueeze(0), k, exposure,
-                         Diversity(self.diversity_vectors(), lam) if lam else None)[0]
-        top = top[torch.isfinite(ranking[top])].tolist()
-        because = self._because(u, top, history, explain)
+                         Diversity(self.diversity_vectors()[pool], lam) if lam else None)[0]
+        top = top[torch.isfinite(ranking[top])]
+        items = pool[top].tolist()
+        because = self._because(u, items, history, explain)
         return [{"rank": r + 1, "item_id": self.catalog.item_ids[i], "title": self.catalog.titles[i],
-                 "score": float(fused[i].exp() if fusion else fused[i]),
-                 **{name: float(v[i]) for name, v in scores.items()},
+                 "score": float(fused[p].exp() if fusion else fused[p]),
+                 **{name: float(v[p]) for name, v in scores.items()},
                  **({"because": [self.catalog.titles[j] for j in because[r]]} if because else {})}
-                for r, i in enumerate(top)]
+                for r, (i, p) in enumerate(zip(items, top.tolist()))]
+
+    def _candidates(self, user: int, excluded: int) -> torch.Tensor:
+        """Catalog indices to score for ``user``: every item, or for a catalog over
+        ``retrieval.threshold`` the ``retrieval.candidates`` nearest in the retrieval head's space
+        (``excluded`` more, as that many may be left out)."""
+        spec, n_items = self.config.retrieval, len(self.catalog.item_ids)
+        if spec is None or n_items <= spec.threshold:
+            return torch.arange(n_items)
+        index = self.item_index()
+        found = index.search(self.model.retrieval_vectors("user", torch.tensor([user])),
+                             min(spec.candidates + excluded, n_items))[0]
+        return found[found >= 0]
+
+    def item_index(self):
+        """The approximate nearest-neighbour index of the retrieval head's item vectors (see
+        :mod:`polyrec.serve.ann`), built on first use and grown with items added since."""
+        from polyrec.serve.ann import ItemIndex
+        model, n_items = self._require_model(), len(self.catalog.item_ids)
+        if model.retrieval is None:
+            raise DataError("this run has no retrieval head: train it with a retrieval section")
+        index = self._ann
+        if index is None:
+            self._ann = index = ItemIndex(model.retrieval_vectors("item"), ef_search=self.config.retrieval.ef_search)
+        elif len(index) < n_items:
+            index.add(model.retrieval_vectors("item", torch.arange(len(index), n_items)))
+        return index
 
     def _logits(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """Every task's output [B, T] for (user, item) catalog indices: the ONNX graph's (use_onnx) or the model's."""
@@ -423,6 +452,7 @@ class MultiTaskRecommender:
                         torch.cat([samples.item, samples.item[positive].repeat_interleave(per_positive)]),
                         torch.cat([samples.labels, negative_labels]))
         loss = model.fit_item_rows(train, model.item_id_rows(items).tolist(), self.objective, epochs, lr)
+        self._ann = None   # the items' retrieval vectors moved with their embeddings: index them again
         for u, i in zip(samples.user[positive].tolist(), samples.item[positive].tolist()):
             self.history[u] = np.append(self.history.get(u, np.zeros(0, np.int64)), i)
         return {"items": len(items), "new_rows": len(unassigned), "rows": len(samples), "negatives": n_neg,
@@ -468,6 +498,11 @@ class MultiTaskRecommender:
         if self.run_dir is not None:
             check_model_source(spec.model, self.run_dir)
         return TextEncoder(spec.model, spec.cache_dir, spec.batch_size, progress=False)
+
+    def _retrieval_task(self) -> int:
+        """The task whose labels train the retrieval head: retrieval.task, else the first binary task."""
+        tasks, name = self.config.tasks, self.config.retrieval.task
+        return next(t for t, task in enumerate(tasks) if (task.name == name if name else task.kind == "binary"))
 
     def _rank_by(self) -> str:
         """Score to rank by: eval.rank_by, else the first binary task (dependents by their joint)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from polyrec.config import ColdStartSpec, HistorySpec, ModelSpec, TextSpec
+from polyrec.config import ColdStartSpec, HistorySpec, ModelSpec, RetrievalSpec, TextSpec
 from polyrec.data.dataset import Samples
 from polyrec.models.generator import IdGenerator, SideLayout
 from polyrec.models.history import EventTable, HistoryBlock, StatsTable
@@ -16,6 +16,7 @@ from polyrec.models.layers import (
 )
 from polyrec.models.mmoe import MMoE
 from polyrec.models.ple import PLE
+from polyrec.models.retrieval import TwoTower
 from polyrec.models.sharedbottom import SharedBottom
 from polyrec.models.text import TextBlock
 
@@ -92,7 +93,8 @@ class MultiTaskModel(nn.Module):
                  text: TextSpec | None = None, oov_dropout: list[tuple[int, int, float]] = (),
                  item_encoder: nn.Module | None = None, history: HistorySpec | None = None,
                  events: EventTable | None = None, stats: StatsTable | None = None,
-                 cold_start: ColdStartSpec | None = None, id_slots: dict[str, tuple[int, int]] | None = None):
+                 cold_start: ColdStartSpec | None = None, id_slots: dict[str, tuple[int, int]] | None = None,
+                 retrieval: RetrievalSpec | None = None):
         super().__init__()
         self.tables = tables
         self.cold_start = cold_start
@@ -112,6 +114,7 @@ class MultiTaskModel(nn.Module):
             self.nets = nn.ModuleList(net(1, "sharedbottom") for _ in range(n_tasks))
         else:
             self.nets = nn.ModuleList([net(n_tasks, spec.arch)])
+        self.retrieval = TwoTower(tables, spec.embed_dim, retrieval) if retrieval is not None else None
 
     def forward(self, user: torch.Tensor, item: torch.Tensor, history: torch.Tensor | None = None,
                 stats: torch.Tensor | None = None) -> torch.Tensor:
@@ -220,6 +223,17 @@ class MultiTaskModel(nn.Module):
                                                           getattr(self, f"{side}_count"))
         return losses
 
+    def fit_retrieval(self, samples: Samples, column: int, spec: RetrievalSpec, batch_size: int, seed: int) -> float:
+        """Train the two-tower retrieval head on task ``column``'s labels (after the ranker); its last loss."""
+        return self.retrieval.fit(self.nets[0].embedding, self.tables, samples, column, spec, batch_size, seed)
+
+    def retrieval_vectors(self, side: str, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The retrieval head's unit vectors [N, dim] of users or items (all of the side without ``index``)."""
+        if index is None:
+            return self.retrieval.catalog_vectors(self.nets[0].embedding, self.tables, side)
+        with torch.no_grad():
+            return self.retrieval.vectors(self.nets[0].embedding, self.tables, side, index)
+
     def task_parameters(self) -> set[nn.Parameter]:
         """Parameters that belong to one task only (towers and output heads); the rest are shared."""
         if len(self.nets) > 1:
@@ -259,7 +273,7 @@ def build_model(config, encoder, tables: FeatureTables, item_encoder: nn.Module 
     id_slots = {side: encoder.oov_slots({config.id_feature(side): 0.0})[0][:2] for side in cold.sides} if cold else None
     return MultiTaskModel(tables, encoder.num_embeddings, len(config.tasks), config.model, config.text,
                           encoder.oov_slots(config.model.oov_dropout), item_encoder, config.history, events, stats,
-                          cold, id_slots)
+                          cold, id_slots, config.retrieval)
 
 
 def model_for(config, data, item_encoder: nn.Module | None = None) -> MultiTaskModel:

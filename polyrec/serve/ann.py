@@ -1,0 +1,34 @@
+"""Approximate nearest-neighbour search over the retrieval head's item vectors: an HNSW graph
+(faiss), by inner product of unit vectors (cosine). Chosen over hnswlib and usearch by
+measurement (``benchmarks/serve.py``): close in speed and recall, and installed from wheels."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from polyrec.errors import optional_import
+
+
+class ItemIndex:
+    """Items' unit vectors [n, d] in an HNSW graph (``m`` links per node); ``add`` appends items
+    (they get the next catalog indices), ``search`` returns the nearest catalog indices."""
+
+    def __init__(self, vectors: torch.Tensor, m: int = 32, ef_construction: int = 80, ef_search: int = 256):
+        self.faiss = optional_import("faiss", "ann")
+        self.index = self.faiss.IndexHNSWFlat(vectors.shape[1], m, self.faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = ef_construction
+        self.index.hnsw.efSearch = ef_search
+        self.add(vectors)
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def add(self, vectors: torch.Tensor) -> None:
+        self.index.add(np.ascontiguousarray(vectors.numpy(), dtype=np.float32))
+
+    def search(self, queries: torch.Tensor, n: int) -> torch.Tensor:
+        """The ``n`` nearest items per query [Q, d] → [Q, n] catalog indices, nearest first (−1 pads
+        when the index holds fewer)."""
+        params = self.faiss.SearchParametersHNSW(efSearch=max(self.index.hnsw.efSearch, n))
+        _, found = self.index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), n, params=params)
+        return torch.from_numpy(found)
