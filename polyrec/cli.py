@@ -235,6 +235,8 @@ def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `
                                                    "raised to weights, e.g. 'watch=1,like=0.5' (default: eval.fusion)"),
               diversity: Optional[float] = typer.Option(None, "--diversity", min=0, max=1, help="MMR λ: 0 plain "
                                                         "ranking, higher more varied lists (default: eval.diversity)"),
+              item_filter: list[str] = typer.Option([], "--filter", help="FIELD=VALUE: only items with this value "
+                                                    "(repeat: any value of a field, every field named)"),
               text_model: Optional[str] = TEXT_MODEL,
               as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")):
     """Top-k items for a user, with titles, the score of every task and the items that explain them."""
@@ -250,7 +252,8 @@ def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `
     if new_user is not None:
         user = rec.add_users(_json_rows(new_user, "--new-user"))[0]
     items = rec.recommend(user, k, new_slots=new_slots, new_threshold=new_threshold,
-                          fusion=_weights(fusion) if fusion else None, diversity=diversity)
+                          fusion=_weights(fusion) if fusion else None, diversity=diversity,
+                          filters=_filters(item_filter))
     if as_json:
         print(json.dumps({"user_id": user, "rank_by": rec._rank_by(), "items": items}, indent=2))
     else:
@@ -264,6 +267,17 @@ def _weights(text: str) -> dict[str, float]:
     except ValueError:
         raise DataError(f"--fusion: expected NAME=WEIGHT pairs separated by commas, e.g. 'watch=1,like=0.5'; "
                         f"got {text!r}") from None
+
+
+def _filters(pairs: list[str]) -> dict[str, list[str]] | None:
+    """['genre=Drama', 'genre=Comedy'] as {genre: [Drama, Comedy]}."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field:
+            raise DataError(f"--filter: expected FIELD=VALUE, e.g. 'genre=Drama'; got {pair!r}")
+        out.setdefault(field.strip(), []).append(value.strip())
+    return out or None
 
 
 @app.command()

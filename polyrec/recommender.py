@@ -223,7 +223,8 @@ class MultiTaskRecommender:
 
     def recommend(self, user, k: int = 10, exclude_seen: bool = True, explain: int = 2, new_slots: int = 0,
                   new_threshold: float = 0.0, exclude: list | None = None, only: list | None = None,
-                  fusion: dict[str, float] | None = None, diversity: float | None = None) -> list[dict]:
+                  fusion: dict[str, float] | None = None, diversity: float | None = None,
+                  filters: dict[str, list] | None = None) -> list[dict]:
         """Top-``k`` items for ``user`` with the score of every task; items the user already
         interacted with (train and valid periods) are left out. The model reads the user's whole
         known history (with a history section). Each item lists up to ``explain`` of the user's
@@ -233,7 +234,9 @@ class MultiTaskRecommender:
         ``new_slots``: reserve up to that many of the ``k`` slots for new items (held out of
         training or added since: ``catalog.cold_item_ids``) whose ranking score is at least
         ``new_threshold``; off by default (see the README's cold-start section for the trade-off).
-        ``exclude`` / ``only``: item ids never to recommend / the only ones that may be.
+        ``exclude`` / ``only``: item ids never to recommend / the only ones that may be;
+        ``filters``: item field → values, e.g. ``{"genre": ["Drama"]}`` (an item passes with any
+        of a field's values, and every field named).
         ``fusion``: rank by Π score^weight over task scores (default ``eval.fusion``, else
         ``eval.rank_by``); the list's ``score`` is then the fused score. ``diversity``: MMR λ in
         [0, 1] (default ``eval.diversity``) over :meth:`diversity_vectors`."""
@@ -256,9 +259,7 @@ class MultiTaskRecommender:
         if lam and new_slots:
             raise DataError("new_slots and diversity cannot be combined in one list yet; use one of them")
         history = self.history.get(u, np.zeros(0, np.int64))
-        # the items scored: those allowed, else the retrieval head's candidates, else the whole catalog
-        pool = torch.tensor(sorted({self._item_index(i) for i in only})) if only is not None else \
-            self._candidates(u, len(history) + (len(exclude) if exclude else 0))
+        pool = self._pool(u, len(history) + (len(exclude) if exclude else 0), only, filters)
         scores = self.objective.scores(self._logits(torch.full((len(pool),), u), pool))
         fused = fuse(scores, fusion) if fusion else scores[self._rank_by()]
         ranking = fused.clone()
@@ -277,6 +278,45 @@ class MultiTaskRecommender:
                  **{name: float(v[p]) for name, v in scores.items()},
                  **({"because": [self.catalog.titles[j] for j in because[r]]} if because else {})}
                 for r, (i, p) in enumerate(zip(items, top.tolist()))]
+
+    def _pool(self, user: int, excluded: int, only: list | None, filters: dict[str, list] | None) -> torch.Tensor:
+        """The items to score: all, or the retrieval head's candidates (above retrieval.threshold),
+        narrowed to ``only`` and ``filters``; the allowed items themselves when they are few."""
+        allowed = None
+        if only is not None:
+            allowed = torch.zeros(len(self.catalog.item_ids), dtype=torch.bool)
+            allowed[[self._item_index(i) for i in only]] = True
+        if filters:
+            matching = self._matching(filters)
+            allowed = matching if allowed is None else allowed & matching
+        spec = self.config.retrieval
+        if allowed is not None and (spec is None or int(allowed.sum()) <= spec.threshold):
+            return allowed.nonzero().flatten()
+        pool = self._candidates(user, excluded)
+        return pool if allowed is None else pool[allowed[pool]]
+
+    def _matching(self, filters: dict[str, list]) -> torch.Tensor:
+        """[n_items] bool: items with one of the given values in every named categorical or
+        multi-valued item field."""
+        tables, encoder = self._require_model().tables, self.encoder
+        cat, multi = encoder.side_specs("item", "cat"), encoder.side_specs("item", "multi")
+        fields = {s.name: s for s in cat + multi if s.kind != "bucket"}
+        matching = torch.ones(len(self.catalog.item_ids), dtype=torch.bool)
+        for name, values in filters.items():
+            if name not in fields:
+                raise DataError(f"filters: '{name}' is not a categorical or multi-valued item feature; filter by one "
+                                f"of {sorted(fields)}")
+            vocab = encoder.vocab[name]
+            unknown = [v for v in values if str(v) not in vocab]
+            if unknown or not values:
+                raise DataError(f"filters: {name} = {unknown or values} is not among the values the run knows "
+                                f"(e.g. {list(vocab)[:5]})")
+            wanted = torch.tensor([vocab[str(v)] + encoder.offsets[name] for v in values])
+            if fields[name] in cat:
+                matching &= torch.isin(tables.item_cat[:, cat.index(fields[name])], wanted)
+            else:
+                matching &= torch.isin(tables.multi[tables.n_user_multi + multi.index(fields[name])], wanted).any(1)
+        return matching
 
     def _candidates(self, user: int, excluded: int) -> torch.Tensor:
         """Catalog indices to score for ``user``: every item, or for a catalog over

@@ -51,6 +51,8 @@ class RecommendRequest(_Request):
     fusion: dict[str, float] | None = Field(None, max_length=16, description="rank by the product of task scores "
                                             "raised to these weights, e.g. {\"watch\": 1, \"like\": 0.5}")
     diversity: float | None = Field(None, ge=0, le=1, description="MMR λ: 0 plain ranking, higher more varied")
+    filters: dict[str, list[str]] | None = Field(None, max_length=16, description="item field → allowed values, "
+                                                 "e.g. {\"genre\": [\"Drama\", \"Comedy\"]}")
 
 
 class ScoreRequest(_Request):
@@ -161,7 +163,7 @@ def create_app(run_dir: str | Path, text_model: str | None = None, onnx: bool = 
                                 status_code=422)
         items = rec.recommend(user, body.k, explain=body.explain, new_slots=body.new_slots,
                               new_threshold=body.new_threshold, exclude=body.exclude, only=body.only,
-                              fusion=body.fusion, diversity=body.diversity)
+                              fusion=body.fusion, diversity=body.diversity, filters=body.filters)
         fusion = body.fusion or rec.config.eval.fusion
         return {"user": user, "rank_by": {"fusion": fusion} if fusion else rec._rank_by(), "items": items}
 

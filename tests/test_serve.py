@@ -46,6 +46,9 @@ def test_recommend_score_similar_health_and_metrics(client):
     assert [i["score"] for i in fused["items"]] == pytest.approx([i["click"] * i["buy"] ** 2 for i in fused["items"]],
                                                                  rel=1e-4)
     assert fused["items"] == sorted(fused["items"], key=lambda i: -i["score"])
+    tagged = client.post("/recommend", json={"user": "u1", "k": 40, "filters": {"tags": ["d"]}}).json()["items"]
+    tables = make_tables().items.set_index("item")
+    assert tagged and all("d" in str(tables.loc[i["item_id"], "tags"]).split("|") for i in tagged)
     varied = client.post("/recommend", json={"user": "u1", "k": 5, "diversity": 0.0}).json()["items"]
     assert [i["item_id"] for i in varied] == [i["item_id"] for i in items]     # λ = 0: the plain ranking
     scores = client.post("/score", json={"user": "u1", "items": ["i1", "i2"]}).json()["scores"]
@@ -69,6 +72,8 @@ def test_recommend_score_similar_health_and_metrics(client):
     ("post", "/recommend", {"user": "u1", "exclude": ["no-such-item"]}, 404, "unknown item id 'no-such-item'"),
     ("post", "/recommend", {"user": "u1", "only": []}, 422, "only: List should have at least 1 item"),
     ("post", "/recommend", {"user": "u1", "fusion": {"colour": 1}}, 400, "fusion: weights must name scores"),
+    ("post", "/recommend", {"user": "u1", "filters": {"price": ["1"]}}, 400, "'price' is not a categorical"),
+    ("post", "/recommend", {"user": "u1", "filters": {"tags": ["zzz"]}}, 400, "tags = ['zzz'] is not among"),
     ("post", "/recommend", {"user": "u1", "diversity": 2}, 422, "diversity: Input should be less than or equal to 1"),
     ("post", "/recommend", {"user": "u1", "diversity": 0.5, "new_slots": 1}, 400, "cannot be combined"),
     ("post", "/score", {"user": "u1", "items": []}, 422, "items: List should have at least 1 item"),
