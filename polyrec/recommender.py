@@ -35,7 +35,7 @@ from polyrec.serve.bundle import (
 )
 from polyrec.serve.explain import attended_items, nearest_items
 from polyrec.serve.rerank import Diversity, Exposure, field_vectors, fuse, topk_items
-from polyrec.text.inputs import encode_text
+from polyrec.text.inputs import UserTextLayout, encode_text
 from polyrec.train.log import TrainLog
 from polyrec.train.trainer import TrainResult, seed_everything, train
 from polyrec.weighting import build_weighting
@@ -498,21 +498,38 @@ class MultiTaskRecommender:
         return {"items": len(items), "new_rows": len(unassigned), "rows": len(samples), "negatives": n_neg,
                 "loss": loss}
 
-    def add_users(self, users: pd.DataFrame) -> list[str]:
-        """New users with a profile and no history: recommendable at once by their id."""
+    def add_users(self, users: pd.DataFrame, recent: list[list] | None = None) -> list[str]:
+        """New users with a profile: recommendable at once by their id. ``recent``: per new user,
+        the ids of items they just interacted with (oldest first, no labels): never recommended to
+        them, read by the history block and the user-history text, and the source of ``because``."""
         self._refuse_if_onnx("add users")
         users = new_rows(users, self.config, "user")
         ids = self._new_ids(users, self.config.data.user_col, self.catalog.user_index, "user")
+        if recent is not None and len(recent) != len(ids):
+            raise DataError(f"add_users: {len(ids)} users but {len(recent)} recent-item lists; give one list per user")
+        recent = [np.array([self._item_index(i) for i in items], np.int64) for items in (recent or [[]] * len(ids))]
         side = self._encode_new(users, "user")
         if self.config.text is not None:
             side.text = self.text.new_users(users, self._text_encoder)
+            if self.config.text.user_history:
+                last = self.config.text.user_history
+                history = UserTextLayout.of(self.config.text).part(side.text, "history")
+                for row, items in enumerate(recent):
+                    if len(items):   # whitening is affine: the mean of whitened vectors is the whitened mean
+                        history[row] = self.text.item[torch.from_numpy(items[-last:])].mean(0)
+        first = len(self.catalog.user_ids)
         self.model.tables.append("user", side)
         self.model.append_counts("user", len(ids))
         if self.model.events is not None:
             self.model.events.append_users(len(ids))
+            for row, items in enumerate(recent):
+                self.model.events.append_events(first + row, torch.from_numpy(items))
         if self.model.stats is not None:
             self.model.stats.append_users(len(ids))
         self.catalog.add_users(ids)
+        for row, items in enumerate(recent):
+            if len(items):
+                self.history[first + row] = items
         return ids
 
     def _new_ids(self, frame: pd.DataFrame, id_col: str, known: dict, what: str) -> list[str]:

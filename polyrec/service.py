@@ -42,6 +42,8 @@ class _Request(BaseModel):
 class RecommendRequest(_Request):
     user: str | None = Field(None, description="a known user's id (or the id to give a new user's profile)")
     profile: dict[str, Any] | None = Field(None, description="a new user: profile fields and text columns")
+    recent: list[str] = Field(default_factory=list, max_length=MAX_ITEMS,
+                              description="with a profile: items the new user just interacted with, oldest first")
     k: int = Field(10, ge=1, le=MAX_K)
     exclude: list[str] = Field(default_factory=list, max_length=MAX_ITEMS, description="item ids never to return")
     only: list[str] | None = Field(None, min_length=1, max_length=MAX_ITEMS, description="the only item ids allowed")
@@ -152,15 +154,16 @@ def create_app(run_dir: str | Path, text_model: str | None = None, onnx: bool = 
         if body.profile is not None:
             user_col = rec.config.data.user_col
             # the same profile is the same new user: added once, not once per request
-            digest = hashlib.sha256(json.dumps(body.profile, sort_keys=True, default=str).encode()).hexdigest()
+            digest = hashlib.sha256(json.dumps([body.profile, body.recent], sort_keys=True, default=str).encode()
+                                    ).hexdigest()
             profile = {**body.profile, user_col: body.user or body.profile.get(user_col) or f"profile:{digest[:16]}"}
             user = str(profile[user_col])
             with service.lock:
                 if user not in rec.catalog.user_index:
-                    rec.add_users(pd.DataFrame([profile]))
-        elif user is None:
-            return JSONResponse({"detail": "give 'user' (a known user's id) or 'profile' (a new user)"},
-                                status_code=422)
+                    rec.add_users(pd.DataFrame([profile]), [body.recent])
+        elif user is None or body.recent:
+            return JSONResponse({"detail": "give 'user' (a known user's id) or 'profile' (a new user, with "
+                                           "optional 'recent' items)"}, status_code=422)
         items = rec.recommend(user, body.k, explain=body.explain, new_slots=body.new_slots,
                               new_threshold=body.new_threshold, exclude=body.exclude, only=body.only,
                               fusion=body.fusion, diversity=body.diversity, filters=body.filters)

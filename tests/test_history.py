@@ -167,6 +167,22 @@ def test_history_round_trips_through_save_load_and_recommend(tmp_path, encoder, 
     assert loaded.recommend("new", k=3)
 
 
+def test_a_new_user_with_recent_items_is_read_through_them():
+    rec = MultiTaskRecommender(make_config(history="{length: 3, encoder: attention}")).fit(make_tables())
+    profile = pd.DataFrame({"user": ["n1", "n2"], "country": ["de", "de"], "age": [30, 30]})
+    recent = [[], ["i3", "i7", "i11"]]
+    rec.add_users(profile, recent)
+    plain, informed = rec.predict(["n1"] * 40, [f"i{i}" for i in range(40)]), \
+        rec.predict(["n2"] * 40, [f"i{i}" for i in range(40)])
+    assert not np.allclose(plain["click"], informed["click"])        # same profile, the history tells them apart
+    got = rec.recommend("n2", k=40, explain=2)
+    assert not {"i3", "i7", "i11"} & {i["item_id"] for i in got}     # what they just did is not recommended
+    assert {"Item 3", "Item 7", "Item 11"} >= {t for i in got for t in i["because"]}
+    with pytest.raises(Exception, match="unknown item id 'nope'"):
+        rec.add_users(profile.assign(user=["n3", "n4"]), [[], ["nope"]])
+    assert "n3" not in rec.catalog.user_index                         # nothing added on a bad request
+
+
 def test_history_off_is_unchanged_and_history_needs_time():
     with pytest.raises(ConfigError, match="time_col"):
         make_config(data__time_col="null").with_overrides(HISTORY)

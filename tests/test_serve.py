@@ -41,6 +41,9 @@ def test_recommend_score_similar_health_and_metrics(client):
     assert new_user.status_code == 200 and len(new_user.json()["items"]) == 3
     again = client.post("/recommend", json={"profile": {"country": "de", "age": 33}, "k": 3}).json()
     assert again["user"] == new_user.json()["user"]                 # one profile, one new user
+    recent = [i["item_id"] for i in again["items"][:2]]
+    after = client.post("/recommend", json={"profile": {"country": "de", "age": 33}, "recent": recent, "k": 3}).json()
+    assert after["user"] != again["user"] and not set(recent) & {i["item_id"] for i in after["items"]}
     fused = client.post("/recommend", json={"user": "u1", "k": 5, "fusion": {"click": 1, "buy": 2}}).json()
     assert fused["rank_by"] == {"fusion": {"click": 1, "buy": 2}}
     assert [i["score"] for i in fused["items"]] == pytest.approx([i["click"] * i["buy"] ** 2 for i in fused["items"]],
@@ -65,6 +68,8 @@ def test_recommend_score_similar_health_and_metrics(client):
 @pytest.mark.parametrize("method, path, body, status, message", [
     ("post", "/recommend", {"user": "nobody"}, 404, "unknown user id 'nobody'"),
     ("post", "/recommend", {}, 422, "give 'user'"),
+    ("post", "/recommend", {"user": "u1", "recent": ["i1"]}, 422, "optional 'recent' items"),
+    ("post", "/recommend", {"profile": {"age": 20}, "recent": ["nope"]}, 404, "unknown item id 'nope'"),
     ("post", "/recommend", {"user": "u1", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
     ("post", "/recommend", {"user": "u1", "k": 10_000}, 422, "k: Input should be less than or equal to 100"),
     ("post", "/recommend", {"user": "u1", "k": "ten"}, 422, "k: Input should be a valid integer"),

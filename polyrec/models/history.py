@@ -39,6 +39,13 @@ class EventTable(nn.Module):
         """New users start with an empty history."""
         self.now = torch.cat([self.now, self.now.new_zeros(count, 2)])
 
+    def append_events(self, user: int, items: torch.Tensor) -> None:
+        """``items`` (oldest first) become ``user``'s known history, with no feedback recorded."""
+        start = len(self.item)
+        self.item = torch.cat([self.item, items])
+        self.feedback = torch.cat([self.feedback, self.feedback.new_zeros(len(items), self.feedback.shape[1])])
+        self.now[user] = torch.tensor([start, start + len(items)])
+
     def forward(self, user: torch.Tensor, spans: torch.Tensor | None = None):
         """Items [B, L] and feedback [B, L, F] of each row's last L events, oldest first and
         left-padded; mask [B, L] is True on real events."""
