@@ -318,6 +318,9 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_epochs: int = Field(10, gt=0)
     patience: int = Field(2, ge=0)
+    # the embedding tables get sparse gradients (only the rows a batch reads) and SparseAdam, so a
+    # step costs the same however many users and items there are; the other weights keep Adam
+    sparse_embeddings: bool = False
     seed: int = 2024
     threads: int | None = 2
     progress: bool = True
@@ -403,6 +406,10 @@ class Config(_Strict):
         if self.eval.fusion is not None:
             self.check_fusion(self.eval.fusion, "eval.fusion")
         weighting = build_weighting(self.weighting, self.tasks)   # options checked now, not mid-training
+        if self.train.sparse_embeddings and weighting.needs_parameter_grads:
+            raise ValueError(f"weighting.method '{self.weighting.method}' combines each task's gradient of every "
+                             "parameter, which sparse embedding gradients do not support: set "
+                             "train.sparse_embeddings false or use another weighting method")
         if weighting.needs_representation and self.model.arch == "single":
             raise ValueError(f"weighting.method '{self.weighting.method}' balances task gradients at the shared "
                              "representation, and model.arch 'single' shares none: use sharedbottom, mmoe or ple, "

@@ -98,3 +98,45 @@ def test_per_row_reduction_weighs_a_task_by_the_rows_it_labels():
     assert per_row[1] == pytest.approx(per_task[1].item() * 2 / 10)    # buy and stars label 2 rows of 10
     assert per_row[2] == pytest.approx(per_task[2].item() * 2 / 10)
     assert Objective.from_config(make_config(train__loss_reduction="per_row")).reduction == "per_row"
+
+
+def test_sparse_embedding_updates_touch_only_the_rows_a_batch_reads():
+    from polyrec.train.trainer import make_optimizer, sparse_embeddings, train_step
+    from polyrec.weighting import build_weighting
+
+    config = make_config(train__sparse_embeddings=True)
+    data = prepare(make_tables(), config)
+    objective = Objective.from_config(config)
+    weighting = build_weighting(config.weighting, config.tasks)
+
+    def rows_read(batch):
+        read = torch.zeros(model.nets[0].embedding.table.num_embeddings, dtype=torch.bool)
+        cat, multi, _, _, _ = model.tables(data.train.user[batch], data.train.item[batch])
+        read[cat.flatten()] = True
+        for m in multi:
+            read[m[m >= 0]] = True
+        return read
+
+    first, second = torch.arange(32), torch.arange(32, 64)
+    for sparse in (True, False):
+        torch.manual_seed(0)
+        model = model_for(config, data)
+        table = model.nets[0].embedding.table
+        with sparse_embeddings(model, sparse) as tables:
+            optimizer = make_optimizer(model, weighting, config.train, tables)
+            train_step(model, objective, weighting, optimizer, data.train, first)
+            before, towers = table.weight.detach().clone(), model.nets[0].towers.linears[0].weight.detach().clone()
+            train_step(model, objective, weighting, optimizer, data.train, second)
+        moved = (table.weight.detach() != before).any(1)
+        earlier_only = rows_read(first) & ~rows_read(second)
+        assert earlier_only.any() and moved[rows_read(second)].all()
+        assert not torch.equal(model.nets[0].towers.linears[0].weight, towers)
+        # dense Adam's momentum moves rows the step did not read; sparse updates leave them as they were
+        assert moved[earlier_only].any() != sparse
+        assert not moved[~rows_read(first) & ~rows_read(second)].any()
+        assert not table.sparse                                             # the flag is off after training
+
+
+def test_sparse_embeddings_refuse_per_parameter_gradient_methods():
+    with pytest.raises(Exception, match="sparse embedding gradients do not support"):
+        make_config(train__sparse_embeddings=True, weighting__method="pcgrad")

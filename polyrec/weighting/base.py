@@ -28,13 +28,16 @@ class Weighting(nn.Module):
     """``tasks``: the config's task specs (name, kind, weight); keyword arguments after it
     are the method's ``weighting.options``, typed with pydantic-compatible annotations.
     ``needs_representation``: the method balances gradients at the shared representation,
-    so it cannot run on an architecture that shares none (checked when the config is read).
+    so it cannot run on an architecture that shares none (checked when the config is read);
+    ``needs_parameter_grads``: it reads each task's gradient of every parameter, so it cannot run
+    with sparse embedding gradients.
     ``priority``: each task's configured ``weight``, a factor on what the method computes;
     a method for which such a factor has no meaning sets ``honours_task_weights = False``
     and a config that sets task weights for it is refused.
     """
 
     needs_representation: bool = False
+    needs_parameter_grads: bool = False   # per-task gradients of the parameters themselves (dense)
     honours_task_weights: bool = True
 
     def __init__(self, tasks: list):

@@ -22,6 +22,8 @@ def project_conflicting(grads: torch.Tensor, generator: torch.Generator | None =
 
 
 class PCGrad(Weighting):
+    needs_parameter_grads = True
+
     def __init__(self, tasks, seed: int = 0):
         super().__init__(tasks)
         self.generator = torch.Generator().manual_seed(seed)
