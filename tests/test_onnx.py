@@ -28,6 +28,11 @@ def test_onnx_matches_the_model_on_every_task(tmp_path, overrides):
     assert rec.recommend("u1", k=5) == MultiTaskRecommender.recommend(rec, "u1", k=5)
     with pytest.raises(RunError, match="already exists"):
         rec.export_onnx(path)
+    mine = tmp_path / "notes.onnx"
+    mine.write_text("a file polyrec did not write")
+    with pytest.raises(RunError, match="only a graph it exported itself"):
+        rec.export_onnx(mine, overwrite=True)
+    assert mine.read_text() == "a file polyrec did not write"
 
 
 def test_onnx_serving_and_its_fixed_catalog(tmp_path):

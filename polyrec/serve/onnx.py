@@ -39,8 +39,9 @@ def export_onnx(model: torch.nn.Module, path: Path, n_users: int, n_items: int, 
         raise DataError("export --onnx: this run fine-tunes the language model (text.mode lora), which the ONNX "
                         "graph does not hold; export a run with text.mode frozen")
     optional_import("onnxscript", "onnx")   # what torch's exporter writes the graph with
-    if path.exists() and not overwrite:
-        raise RunError(f"{path} already exists; pass --overwrite to replace it")
+    if path.exists() and not (overwrite and _exported_by_polyrec(path)):
+        raise RunError(f"{path} already exists; polyrec replaces only a graph it exported itself, with --overwrite"
+                       if overwrite else f"{path} already exists; pass --overwrite to replace an earlier export")
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     # a batch size no other dimension of the model has, so the exporter cannot mistake them for one
     example = (torch.zeros(97, dtype=torch.long), torch.zeros(97, dtype=torch.long))
@@ -62,6 +63,16 @@ def export_onnx(model: torch.nn.Module, path: Path, n_users: int, n_items: int, 
         quiet.setLevel(level)
         partial.unlink(missing_ok=True)
     return path
+
+
+def _exported_by_polyrec(path: Path) -> bool:
+    """Whether ``path`` is an ONNX graph that :func:`export_onnx` wrote (its metadata says so)."""
+    onnx = optional_import("onnx", "onnx")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:   # not ONNX at all: onnx raises its own decode errors
+        return False
+    return any(prop.key == "polyrec.n_items" for prop in graph.metadata_props)
 
 
 class OnnxScorer:
