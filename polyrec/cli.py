@@ -300,6 +300,8 @@ def serve(run_dir: Path = typer.Argument(..., help="a directory written by `poly
 @_guarded
 def export(run_dir: Path = typer.Argument(..., help="a directory written by `polyrec train`"),
            onnx: bool = typer.Option(False, "--onnx", help="the ranking network as ONNX (dynamic batch)"),
+           ann: bool = typer.Option(False, "--ann", help="the retrieval head's item index (RUN_DIR/items.faiss), "
+                                    "which serving then reads instead of building"),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="where to write it (default: "
                                               "RUN_DIR/model.onnx)"),
            overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier export"),
@@ -307,9 +309,12 @@ def export(run_dir: Path = typer.Argument(..., help="a directory written by `pol
     """Export a run for other runtimes; checks the export against the model on every user × 100 items."""
     from polyrec.recommender import MultiTaskRecommender
 
-    if not onnx:
-        raise DataError("say what to export: --onnx")
+    if onnx == ann:
+        raise DataError("say what to export: --onnx or --ann (one per call)")
     rec = MultiTaskRecommender.load(run_dir, text_model)
+    if ann:
+        print(f"wrote {rec.export_ann(out)}: {len(rec.item_index()):,} items")
+        return
     path = rec.export_onnx(out, overwrite)
     difference = rec.onnx_difference(path)
     print(f"wrote {path}: outputs user × item → {rec.objective.names}; max abs difference from the model "

@@ -332,17 +332,29 @@ class MultiTaskRecommender:
 
     def item_index(self):
         """The approximate nearest-neighbour index of the retrieval head's item vectors (see
-        :mod:`polyrec.serve.ann`), built on first use and grown with items added since."""
-        from polyrec.serve.ann import ItemIndex
+        :mod:`polyrec.serve.ann`): read from the run directory when it was exported there
+        (:meth:`export_ann`) and still matches the model, else built; grown with items added since."""
+        from polyrec.serve.ann import ANN_FILE, ItemIndex
         model, n_items = self._require_model(), len(self.catalog.item_ids)
         if model.retrieval is None:
             raise DataError("this run has no retrieval head: train it with a retrieval section")
-        index = self._ann
+        index, ef_search = self._ann, self.config.retrieval.ef_search
+        if index is None and self.run_dir is not None and (self.run_dir / ANN_FILE).exists():
+            check = model.retrieval_vectors("item", torch.arange(min(n_items, 100)))
+            index = self._ann = ItemIndex.load(self.run_dir / ANN_FILE, check, ef_search)
         if index is None:
-            self._ann = index = ItemIndex(model.retrieval_vectors("item"), ef_search=self.config.retrieval.ef_search)
-        elif len(index) < n_items:
+            self._ann = index = ItemIndex(model.retrieval_vectors("item"), ef_search=ef_search)
+        if len(index) < n_items:
             index.add(model.retrieval_vectors("item", torch.arange(len(index), n_items)))
         return index
+
+    def export_ann(self, path: str | Path | None = None) -> Path:
+        """Write the item index (default: ``items.faiss`` in the run directory it was loaded from),
+        so serving reads it instead of building it (minutes for a million items)."""
+        from polyrec.serve.ann import ANN_FILE
+        if path is None and self.run_dir is None:
+            raise DataError("export_ann: give a path (this recommender was not loaded from a run directory)")
+        return self.item_index().save(Path(path) if path else self.run_dir / ANN_FILE)
 
     def _logits(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """Every task's output [B, T] for (user, item) catalog indices: the ONNX graph's (use_onnx) or the model's."""

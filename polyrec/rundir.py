@@ -30,7 +30,7 @@ CORE_FILES = ("model.safetensors", "config.json", "features.json", "catalog.json
 # every name polyrec writes at the top of a run directory; a folder holding anything else is not replaced
 RUN_ENTRIES = frozenset({MARKER, *CORE_FILES, "text.safetensors", "history.parquet", "eval", "metrics.json",
                          "train_log.jsonl", "train_steps.jsonl", "tensorboard", "weighting.png",
-                         "added_items.jsonl", "model.onnx"})
+                         "added_items.jsonl", "model.onnx", "items.faiss"})
 EVIDENCE = "train_log.jsonl"
 log = logging.getLogger("polyrec")
 

@@ -88,6 +88,9 @@ class Service:
                 rec.add_items(pd.DataFrame(rows))
         if self.onnx:
             rec.use_onnx(run_dir / ONNX_FILE)
+        spec = rec.config.retrieval
+        if spec is not None and len(rec.catalog.item_ids) > spec.threshold:
+            rec.item_index()   # read or built now, not by the first request
         return rec, run_dir
 
     def reload(self, run_dir: Path | None) -> None:

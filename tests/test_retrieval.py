@@ -50,6 +50,22 @@ def test_retrieval_head_survives_save_load_and_indexes_new_items(rec, tmp_path):
     assert len(loaded.item_index()) == n + 2
 
 
+def test_exported_index_is_read_back_and_a_stale_one_rebuilt(rec, tmp_path, monkeypatch):
+    run = rec.save(tmp_path / "run")
+    path = MultiTaskRecommender.load(run).export_ann()
+    assert path == run / "items.faiss"
+
+    def no_building(*args, **kwargs):
+        raise AssertionError("the index was built, not read")
+    with monkeypatch.context() as patch:
+        patch.setattr(ItemIndex, "__init__", no_building)
+        again = MultiTaskRecommender.load(run)
+        assert len(again.item_index()) == len(again.catalog.item_ids)
+        assert [i["item_id"] for i in again.recommend("u3", k=5)] == [i["item_id"] for i in rec.recommend("u3", k=5)]
+    path.write_bytes(b"not an index")                        # unreadable: built again, not trusted
+    assert len(MultiTaskRecommender.load(run).item_index()) == len(again.catalog.item_ids)
+
+
 def test_retrieval_config_is_checked():
     with pytest.raises(ConfigError, match="retrieval.task: 'stars' is not a binary task"):
         make_config(retrieval="{task: stars}")

@@ -6,10 +6,15 @@ budget, and unlike hnswlib (last released 2023, compiled from source here) it in
 maintained wheels."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from polyrec.errors import optional_import
+
+ANN_FILE = "items.faiss"
 
 
 class ItemIndex:
@@ -22,6 +27,32 @@ class ItemIndex:
         self.index.hnsw.efConstruction = ef_construction
         self.index.hnsw.efSearch = ef_search
         self.add(vectors)
+
+    @classmethod
+    def load(cls, path: Path, vectors: torch.Tensor, ef_search: int = 256) -> ItemIndex | None:
+        """The index saved at ``path`` (:meth:`save`), if it holds ``vectors`` (the first items'
+        current vectors, [m, d]) as its first items; None when it is unreadable or stale."""
+        self = cls.__new__(cls)
+        self.faiss = optional_import("faiss", "ann")
+        try:
+            self.index = self.faiss.read_index(str(path))
+            saved = self.index.reconstruct_n(0, min(len(vectors), self.index.ntotal))
+        except RuntimeError:   # faiss reports unreadable files this way
+            return None
+        if self.index.ntotal < len(vectors) or not np.allclose(saved, vectors.numpy(), atol=1e-5):
+            return None
+        self.index.hnsw.efSearch = ef_search
+        return self
+
+    def save(self, path: Path) -> Path:
+        """Write the index to ``path`` (a partial file renamed into place)."""
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            self.faiss.write_index(self.index, str(partial))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
 
     def __len__(self) -> int:
         return self.index.ntotal
