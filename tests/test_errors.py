@@ -183,6 +183,22 @@ def test_errors_go_to_stderr_and_json_stdout_stays_clean(run_dir):
     assert out.exit_code == 0 and len(json.loads(out.stdout)["items"]) == 2
 
 
+def test_recommend_and_export_options_are_checked(run_dir):
+    cases = [(["recommend", str(run_dir), "-u", "u1", "--fusion", "click"], "expected NAME=WEIGHT pairs"),
+             (["recommend", str(run_dir), "-u", "u1", "--fusion", "colour=1"], "fusion: weights must name scores"),
+             (["recommend", str(run_dir), "-u", "u1", "--filter", "tags"], "expected FIELD=VALUE"),
+             (["recommend", str(run_dir), "-u", "u1", "--filter", "price=3"], "'price' is not a categorical"),
+             (["export", str(run_dir)], "say what to export"),
+             (["export", str(run_dir), "--ann"], "this run has no retrieval head")]
+    for args, message in cases:
+        out = runner.invoke(app, args)
+        assert out.exit_code == 2 and message in out.stderr, (args, out.output)
+    out = runner.invoke(app, ["recommend", str(run_dir), "-u", "u1", "--json", "-k", "3", "--fusion", "click=1,buy=1",
+                              "--diversity", "0.5", "--filter", "tags=a"])
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.stdout)["items"]) == 3
+
+
 def test_new_user_payloads_are_validated_like_training_tables(run_dir):
     cases = [(["--new-user", '{"user": "n1", "age": "old"}'],
               "new users table: numeric feature 'age' has non-numeric values 'old' at rows 0"),
