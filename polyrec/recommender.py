@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,7 @@ class MultiTaskRecommender:
         self.run_dir: Path | None = None   # set by load(): its language model name must be checked
         self.onnx = None                    # an OnnxScorer that scores instead of the model (use_onnx)
         self._ann = None                    # the retrieval head's item index, built on first use
+        self._ann_lock = threading.Lock()   # faiss does not search and insert safely at the same time
 
     # ----------------------------------------------------------------- training
     def fit(self, tables: Tables | None = None, log_dir: str | Path | None = None) -> MultiTaskRecommender:
@@ -325,15 +327,19 @@ class MultiTaskRecommender:
         spec, n_items = self.config.retrieval, len(self.catalog.item_ids)
         if spec is None or n_items <= spec.threshold:
             return torch.arange(n_items)
-        index = self.item_index()
-        found = index.search(self.model.retrieval_vectors("user", torch.tensor([user])),
-                             min(spec.candidates + excluded, n_items))[0]
+        query = self.model.retrieval_vectors("user", torch.tensor([user]))
+        with self._ann_lock:
+            found = self._ready_index().search(query, min(spec.candidates + excluded, n_items))[0]
         return found[found >= 0]
 
     def item_index(self):
         """The approximate nearest-neighbour index of the retrieval head's item vectors (see
         :mod:`polyrec.serve.ann`): read from the run directory when it was exported there
         (:meth:`export_ann`) and still matches the model, else built; grown with items added since."""
+        with self._ann_lock:
+            return self._ready_index()
+
+    def _ready_index(self):
         from polyrec.serve.ann import ANN_FILE, ItemIndex
         model, n_items = self._require_model(), len(self.catalog.item_ids)
         if model.retrieval is None:
