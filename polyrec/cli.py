@@ -255,7 +255,8 @@ def recommend(run_dir: Path = typer.Argument(..., help="a directory written by `
                           fusion=_weights(fusion) if fusion else None, diversity=diversity,
                           filters=_filters(item_filter))
     if as_json:
-        print(json.dumps({"user_id": user, "rank_by": rec._rank_by(), "items": items}, indent=2))
+        print(json.dumps({"user_id": user, "rank_by": rec.ranked_by(_weights(fusion) if fusion else None),
+                          "items": items}, indent=2))
     else:
         print_recommendations(user, items, rec.objective.score_names, rec.config.data.verb)
 

@@ -134,7 +134,7 @@ class MultiTaskRecommender:
         if ranking and self.config.data.item_col is None:
             ranking, notes["ranking"] = False, "the dataset has no items (data.item_col is null): nothing to rank"
         n_items, ks = len(self.catalog.item_ids), self.config.eval.ks
-        vectors = self.field_vectors()
+        vectors = self.field_vectors() if ranking else None
         out = evaluate(model, self.objective, data, n_items, ks, ranking, progress, vectors)
         if self.catalog.cold_item_ids:
             cold = np.array([self.catalog.item_index[i] for i in self.catalog.cold_item_ids])
@@ -249,12 +249,8 @@ class MultiTaskRecommender:
         if k < 1:
             raise DataError(f"k must be at least 1, got {k}")
         u = self._user_index(user)
-        fusion = self.config.eval.fusion if fusion is None else fusion
-        if fusion:
-            try:
-                self.config.check_fusion(fusion, "fusion")
-            except ValueError as err:
-                raise DataError(str(err)) from None
+        rule = self.ranked_by(fusion)
+        fusion = rule["fusion"] if isinstance(rule, dict) else None
         lam = self.config.eval.diversity if diversity is None else diversity
         if not 0 <= lam <= 1:
             raise DataError(f"diversity must be between 0 (plain ranking) and 1, got {lam}")
@@ -263,7 +259,7 @@ class MultiTaskRecommender:
         history = self.history.get(u, np.zeros(0, np.int64))
         pool = self._pool(u, len(history) + (len(exclude) if exclude else 0), only, filters)
         scores = self.objective.scores(self._logits(torch.full((len(pool),), u), pool))
-        fused = fuse(scores, fusion) if fusion else scores[self._rank_by()]
+        fused = fuse(scores, fusion) if fusion else scores[rule]
         ranking = fused.clone()
         if exclude_seen and len(history):
             ranking[torch.isin(pool, torch.from_numpy(history))] = -np.inf
@@ -271,7 +267,7 @@ class MultiTaskRecommender:
             ranking[torch.isin(pool, torch.tensor([self._item_index(i) for i in exclude]))] = -np.inf
         exposure = Exposure(self.new_items()[pool], new_slots, new_threshold) if new_slots else None
         top = topk_items(ranking.unsqueeze(0), k, exposure,
-                         Diversity(self.diversity_vectors()[pool], lam) if lam else None)[0]
+                         Diversity(self.diversity_vectors(pool), lam) if lam else None)[0]
         top = top[torch.isfinite(ranking[top])]
         items = pool[top].tolist()
         because = self._because(u, items, history, explain)
@@ -381,7 +377,9 @@ class MultiTaskRecommender:
         """Score with an exported ONNX graph in onnxruntime from now on (recommend, predict);
         its catalog is fixed, so adding items or users is refused until it is exported again."""
         from polyrec.serve.onnx import ONNX_FILE, OnnxScorer
-        path = Path(path) if path else (self.run_dir or Path(".")) / ONNX_FILE
+        if path is None and self.run_dir is None:
+            raise DataError("use_onnx: give a path (this recommender was not loaded from a run directory)")
+        path = Path(path) if path else self.run_dir / ONNX_FILE
         if not path.exists():
             raise RunError(f"{path} does not exist: export it first with `polyrec export RUN_DIR --onnx`")
         self.onnx = OnnxScorer(path, len(self.catalog.user_ids), len(self.catalog.item_ids), threads)
@@ -425,20 +423,22 @@ class MultiTaskRecommender:
         return [{"item_id": self.catalog.item_ids[j], "title": self.catalog.titles[j], "similarity": float(c)}
                 for j, c in zip(top[0] if top else [], cosine)]
 
-    def field_vectors(self) -> torch.Tensor:
-        """[n_items, V]: each item's field values (not its ID) as a unit vector; what intra-list
-        diversity is measured in, the same for every model of a dataset."""
+    def field_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, V]: each item's field values (not its ID) as a unit vector, for catalog ``items``
+        (default all); what intra-list diversity is measured in, the same for every model of a
+        dataset. Cosines between them do not depend on which items are asked together."""
         model = self._require_model()
         tables, item_id = model.tables, self.config.id_feature("item")
+        items = slice(None) if items is None else items
         names = [spec.name for spec in self.encoder.side_specs("item", "cat")]
-        return field_vectors(tables.item_cat, tables.multi[tables.n_user_multi:],
+        return field_vectors(tables.item_cat[items], [m[items] for m in tables.multi[tables.n_user_multi:]],
                              names.index(item_id) if item_id in names else None)
 
-    def diversity_vectors(self) -> torch.Tensor:
-        """[n_items, D]: the space MMR diversifies in: the language model's item vectors with item
-        text, else :meth:`field_vectors`."""
+    def diversity_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[n, D]: the space MMR diversifies in, for catalog ``items`` (default all): the language
+        model's item vectors with item text, else :meth:`field_vectors`."""
         text = self._require_model().tables.item_text
-        return text if text.shape[1] else self.field_vectors()
+        return (text if items is None else text[items]) if text.shape[1] else self.field_vectors(items)
 
     # -------------------------------------------------------------- cold start
     def new_items(self) -> torch.Tensor:
@@ -578,6 +578,18 @@ class MultiTaskRecommender:
         """The task whose labels train the retrieval head: retrieval.task, else the first binary task."""
         tasks, name = self.config.tasks, self.config.retrieval.task
         return next(t for t, task in enumerate(tasks) if (task.name == name if name else task.kind == "binary"))
+
+    def ranked_by(self, fusion: dict[str, float] | None = None) -> dict | str:
+        """What recommend ranks by with these ``fusion`` weights (default ``eval.fusion``):
+        ``{"fusion": weights}``, else the name of the score (see :meth:`_rank_by`)."""
+        fusion = self.config.eval.fusion if fusion is None else fusion
+        if not fusion:
+            return self._rank_by()
+        try:
+            self.config.check_fusion(fusion, "fusion")
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        return {"fusion": fusion}
 
     def _rank_by(self) -> str:
         """Score to rank by: eval.rank_by, else the first binary task (dependents by their joint)."""

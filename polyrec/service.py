@@ -170,8 +170,7 @@ def create_app(run_dir: str | Path, text_model: str | None = None, onnx: bool = 
         items = rec.recommend(user, body.k, explain=body.explain, new_slots=body.new_slots,
                               new_threshold=body.new_threshold, exclude=body.exclude, only=body.only,
                               fusion=body.fusion, diversity=body.diversity, filters=body.filters)
-        fusion = body.fusion or rec.config.eval.fusion
-        return {"user": user, "rank_by": {"fusion": fusion} if fusion else rec._rank_by(), "items": items}
+        return {"user": user, "rank_by": rec.ranked_by(body.fusion), "items": items}
 
     @app.post("/score")
     def score(body: ScoreRequest):
