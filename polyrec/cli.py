@@ -314,7 +314,7 @@ def export(run_dir: Path = typer.Argument(..., help="a directory written by `pol
         raise DataError("say what to export: --onnx or --ann (one per call)")
     rec = MultiTaskRecommender.load(run_dir, text_model)
     if ann:
-        print(f"wrote {rec.export_ann(out)}: {len(rec.item_index()):,} items")
+        print(f"wrote {rec.export_ann(out, overwrite)}: {len(rec.item_index()):,} items")
         return
     path = rec.export_onnx(out, overwrite)
     difference = rec.onnx_difference(path)

@@ -350,13 +350,14 @@ class MultiTaskRecommender:
             index.add(model.retrieval_vectors("item", torch.arange(len(index), n_items)))
         return index
 
-    def export_ann(self, path: str | Path | None = None) -> Path:
+    def export_ann(self, path: str | Path | None = None, overwrite: bool = False) -> Path:
         """Write the item index (default: ``items.faiss`` in the run directory it was loaded from),
-        so serving reads it instead of building it (minutes for a million items)."""
+        so serving reads it instead of building it (minutes for a million items); an earlier
+        export is replaced only with ``overwrite``."""
         from polyrec.serve.ann import ANN_FILE
         if path is None and self.run_dir is None:
             raise DataError("export_ann: give a path (this recommender was not loaded from a run directory)")
-        return self.item_index().save(Path(path) if path else self.run_dir / ANN_FILE)
+        return self.item_index().save(Path(path) if path else self.run_dir / ANN_FILE, overwrite)
 
     def _logits(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """Every task's output [B, T] for (user, item) catalog indices: the ONNX graph's (use_onnx) or the model's."""

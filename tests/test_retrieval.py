@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from polyrec.config import ConfigError
+from polyrec.errors import RunError
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.serve.ann import ItemIndex
 from tests.conftest import make_config, make_tables
@@ -62,6 +63,14 @@ def test_exported_index_is_read_back_and_a_stale_one_rebuilt(rec, tmp_path, monk
         again = MultiTaskRecommender.load(run)
         assert len(again.item_index()) == len(again.catalog.item_ids)
         assert [i["item_id"] for i in again.recommend("u3", k=5)] == [i["item_id"] for i in rec.recommend("u3", k=5)]
+    with pytest.raises(RunError, match="already exists"):
+        again.export_ann()
+    mine = tmp_path / "notes.txt"
+    mine.write_text("a file polyrec did not write")
+    with pytest.raises(RunError, match="replaces only an item index it wrote"):
+        again.export_ann(mine, overwrite=True)
+    assert mine.read_text() == "a file polyrec did not write"
+    again.export_ann(overwrite=True)
     path.write_bytes(b"not an index")                        # unreadable: built again, not trusted
     assert len(MultiTaskRecommender.load(run).item_index()) == len(again.catalog.item_ids)
 

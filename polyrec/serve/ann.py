@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polyrec.errors import optional_import
+from polyrec.errors import RunError, optional_import
 
 ANN_FILE = "items.faiss"
 
@@ -44,8 +44,18 @@ class ItemIndex:
         self.index.hnsw.efSearch = ef_search
         return self
 
-    def save(self, path: Path) -> Path:
-        """Write the index to ``path`` (a partial file renamed into place)."""
+    def save(self, path: Path, overwrite: bool = False) -> Path:
+        """Write the index to ``path`` (a partial file renamed into place); an existing file is
+        replaced only with ``overwrite``, and only when it is a faiss index itself."""
+        if path.exists():
+            try:
+                readable = overwrite and self.faiss.read_index(str(path)) is not None
+            except RuntimeError:   # faiss reports unreadable files this way
+                readable = False
+            if not readable:
+                raise RunError(f"{path} already exists; polyrec replaces only an item index it wrote, with "
+                               "--overwrite" if overwrite else f"{path} already exists; pass --overwrite to replace "
+                               "an earlier export")
         partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
         try:
             self.faiss.write_index(self.index, str(partial))
