@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from polyrec.config import Config
-from polyrec.errors import DataError, PolyrecError
+from polyrec.errors import ConfigError, DataError, PolyrecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="polyrec: multi-task recommendation (train, evaluate, recommend).")
@@ -115,16 +115,26 @@ def _default_out(prefix: str) -> Path:
 
 @app.command()
 @_guarded
-def train(config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML experiment config"),
+def train(config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                               help="YAML experiment config [default: configs/ml100k.yaml]"),
           overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a key, e.g. model.arch=ple"),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default runs/<arch>-<time>)"),
-          overwrite: bool = OVERWRITE):
+          overwrite: bool = OVERWRITE,
+          resume: Optional[Path] = typer.Option(None, "--resume", help="continue the killed run whose --out this "
+                                                "was, from its last checkpoint, with the config it started with")):
     """Train a multi-task model and write a run directory (bundle, metrics.json, train_log.jsonl)."""
-    from polyrec.pipeline import train_run
+    from polyrec.pipeline import resume_run, train_run
 
-    cfg = Config.from_yaml(config, overrides)
-    out = out or _default_out(f"{cfg.model.arch}{'-esmm' if cfg.model.esmm else ''}")
-    _, metrics = train_run(cfg, out, overwrite)
+    if resume is not None:
+        if config is not None or overrides or out is not None:
+            raise ConfigError("--resume continues a run with the config it was started with: leave out --config, "
+                              "--set and --out")
+        _, metrics = resume_run(resume, overwrite)
+        out = resume
+    else:
+        cfg = Config.from_yaml(config or DEFAULT_CONFIG, overrides)
+        out = out or _default_out(f"{cfg.model.arch}{'-esmm' if cfg.model.esmm else ''}")
+        _, metrics = train_run(cfg, out, overwrite)
     print_results(metrics)
     console.print(Text.assemble("run directory: ", (str(out), "bold")))
 

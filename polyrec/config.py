@@ -321,6 +321,9 @@ class TrainSpec(_Strict):
     # the embedding tables get sparse gradients (only the rows a batch reads) and SparseAdam, so a
     # step costs the same however many users and items there are; the other weights keep Adam
     sparse_embeddings: bool = False
+    # a run saves its whole training state at each epoch's end and every this many steps (0: epoch
+    # ends only), so `polyrec train --resume` continues a killed run where it stopped
+    checkpoint_every: int = Field(0, ge=0)
     seed: int = 2024
     threads: int | None = 2
     progress: bool = True

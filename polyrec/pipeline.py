@@ -7,21 +7,26 @@ from typing import Callable
 
 from polyrec.config import Config
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.rundir import RunWriter
-from polyrec.serve.bundle import write_bundle, write_json
+from polyrec.rundir import RunWriter, unfinished
+from polyrec.serve.bundle import read_config, write_bundle, write_json
 
 
 def train_run(config: Config, out: str | Path, overwrite: bool = False,
-              fit: Callable[[Path], MultiTaskRecommender] | None = None) -> tuple[MultiTaskRecommender, dict]:
+              fit: Callable[[Path], MultiTaskRecommender] | None = None,
+              resume: bool = False) -> tuple[MultiTaskRecommender, dict]:
     """Train with ``fit(log_dir)`` (default: the config's model from scratch), evaluate on test,
     and write the run directory ``out``; returns (recommender, metrics).
 
     ``out`` is checked before any work (see :mod:`polyrec.rundir`); the training log goes into
     the staging folder as training runs, and the whole run appears at ``out`` only at the end.
+    ``resume``: continue the unfinished run of ``out`` from its last checkpoint (see :func:`resume_run`).
     """
-    with RunWriter(out, overwrite) as run:
+    with RunWriter(out, overwrite, resume) as run:
+        if not resume:
+            write_json(run.staging / "config.json", config.model_dump())   # what a resumed run reads
         start = time.perf_counter()
-        rec = fit(run.staging) if fit is not None else MultiTaskRecommender(config).fit(log_dir=run.staging)
+        rec = (fit(run.staging) if fit is not None
+               else MultiTaskRecommender(config).fit(log_dir=run.staging, resume=resume))
         seconds = time.perf_counter() - start
         metrics = {"valid": rec.result.best_valid, "test": rec.evaluate(progress=config.train.progress),
                    "best_epoch": rec.result.best_epoch, "epochs": rec.result.epochs, "train_seconds": seconds,
@@ -31,3 +36,9 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False,
         write_json(run.staging / "metrics.json", metrics)
         run.commit()
     return rec, metrics
+
+
+def resume_run(out: str | Path, overwrite: bool = False) -> tuple[MultiTaskRecommender, dict]:
+    """Continue a ``train_run`` to ``out`` that was killed, from its last checkpoint, with the
+    config it was started with; the finished run is what the uninterrupted one would have been."""
+    return train_run(read_config(unfinished(Path(out))), out, overwrite, resume=True)

@@ -37,6 +37,7 @@ from polyrec.serve.bundle import (
 from polyrec.serve.explain import attended_items, nearest_items
 from polyrec.serve.rerank import Diversity, Exposure, field_vectors, fuse, topk_items
 from polyrec.text.inputs import UserTextLayout, encode_text
+from polyrec.train.checkpoint import CHECKPOINT
 from polyrec.train.log import TrainLog
 from polyrec.train.trainer import TrainResult, seed_everything, train
 from polyrec.weighting import build_weighting
@@ -62,16 +63,20 @@ class MultiTaskRecommender:
         self._ann_lock = threading.Lock()   # faiss does not search and insert safely at the same time
 
     # ----------------------------------------------------------------- training
-    def fit(self, tables: Tables | None = None, log_dir: str | Path | None = None) -> MultiTaskRecommender:
+    def fit(self, tables: Tables | None = None, log_dir: str | Path | None = None,
+            resume: bool = False) -> MultiTaskRecommender:
         """Train on ``tables`` (or the data named in the config) with early stopping on validation.
 
-        ``log_dir``: write the training log there as training goes (see :mod:`polyrec.train.log`).
+        ``log_dir``: write the training log there as training goes (see :mod:`polyrec.train.log`),
+        and checkpoints (:mod:`polyrec.train.checkpoint`); ``resume``: continue from the checkpoint
+        there, where an earlier ``fit`` with this config was killed.
         """
         data = prepare(tables if tables is not None else load_tables(self.config.data), self.config)
-        return self.fit_prepared(data, log_dir=log_dir)
+        return self.fit_prepared(data, log_dir=log_dir, resume=resume)
 
     def fit_prepared(self, data: PreparedData, objective: Objective | None = None,
-                     log_dir: str | Path | None = None, on_epoch=None) -> MultiTaskRecommender:
+                     log_dir: str | Path | None = None, on_epoch=None, resume: bool = False
+                     ) -> MultiTaskRecommender:
         """Train on data already through :func:`~polyrec.data.dataset.prepare` (to reuse one split).
 
         The language model encodes the catalog's texts here, when the config has a text section
@@ -80,6 +85,9 @@ class MultiTaskRecommender:
         ``on_epoch``: called with each epoch's record (see :func:`polyrec.train.trainer.train`).
         """
         cfg = self.config
+        if resume and log_dir is None:
+            raise RunError("resume=True continues from the checkpoint in log_dir: pass the log_dir of the run "
+                           "to continue")
         if cfg.text is not None and data.text is None:
             data = data.with_text(encode_text(cfg.text, data.user_table, data.item_table, data.train_history,
                                               cfg.train.progress))
@@ -99,7 +107,8 @@ class MultiTaskRecommender:
         result = None
         try:
             result = train(self.model, objective or self.objective, weighting, data.train, data.valid,
-                           len(self.catalog.item_ids), cfg.train, log, on_epoch)
+                           len(self.catalog.item_ids), cfg.train, log, on_epoch,
+                           Path(log_dir) / CHECKPOINT if log_dir is not None else None, resume)
         finally:
             if log is not None:
                 log.close(result)

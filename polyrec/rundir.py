@@ -9,7 +9,8 @@ target makes a second writer of the same target fail at once (it is released, an
 file removed, when the writer finishes or its process dies).
 
 A run that fails after training started keeps its staging folder, with the training log
-written so far, as evidence (``.<name>.partial-<pid>-<token>`` beside the target).
+written so far, as evidence (``.<name>.partial-<pid>-<token>`` beside the target), and its
+last checkpoint, from which ``RunWriter(target, resume=True)`` continues writing.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ RUN_ENTRIES = frozenset({MARKER, *CORE_FILES, "text.safetensors", "history.parqu
                          "train_log.jsonl", "train_steps.jsonl", "tensorboard", "weighting.png",
                          "added_items.jsonl", "model.onnx", "items.faiss"})
 EVIDENCE = "train_log.jsonl"
+CHECKPOINT = "checkpoint.pt"   # the training state (polyrec.train.checkpoint): only in unfinished runs
 log = logging.getLogger("polyrec")
 
 
@@ -75,10 +77,10 @@ class RunWriter:
     folder is removed, unless it holds a training log (then it is kept as evidence).
     """
 
-    def __init__(self, target: str | Path, overwrite: bool = False):
-        self.target, self.overwrite = Path(target), overwrite
+    def __init__(self, target: str | Path, overwrite: bool = False, resume: bool = False):
+        self.target, self.overwrite, self.resume = Path(target), overwrite, resume
         check_target(self.target, overwrite)
-        self.staging: Path | None = None
+        self.staging: Path | None = unfinished(self.target) if resume else None
         self._lock = _TargetLock(self.target.parent / f".{self.target.name}.lock")
         self._committed = False
 
@@ -87,6 +89,11 @@ class RunWriter:
         self._created = [p for p in (parent, *parent.parents) if not p.exists()]   # removed again on failure
         parent.mkdir(parents=True, exist_ok=True)
         self._lock.acquire(self.target)
+        if self.resume:
+            if not (self.staging / CHECKPOINT).exists():   # another process resumed and finished it meanwhile
+                self._release()
+                raise RunError(f"{self.staging} has no checkpoint any more; nothing to resume for {self.target}")
+            return self
         try:
             self.staging = self.target.parent / f".{self.target.name}.partial-{os.getpid()}-{secrets.token_hex(3)}"
             self.staging.mkdir()
@@ -97,6 +104,7 @@ class RunWriter:
 
     def commit(self) -> Path:
         """Replace the target by the staging folder in one rename (an earlier run is removed after)."""
+        (self.staging / CHECKPOINT).unlink(missing_ok=True)   # a finished run does not carry it
         (self.staging / MARKER).write_text(json.dumps({"format": 1, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                                            + "\n")
         try:
@@ -134,6 +142,15 @@ class RunWriter:
                     folder.rmdir()
                 except OSError:
                     break
+
+
+def unfinished(target: Path) -> Path:
+    """The staging folder of an unfinished run of ``target`` that has a checkpoint (the newest)."""
+    found = [p for p in target.parent.glob(f".{target.name}.partial-*") if (p / CHECKPOINT).is_file()]
+    if not found:
+        raise RunError(f"there is no unfinished run of {target} to resume (no .{target.name}.partial-*/{CHECKPOINT} "
+                       f"in {target.parent.absolute()}); train it from the start with --out {target}")
+    return max(found, key=lambda p: (p / CHECKPOINT).stat().st_mtime)
 
 
 class _TargetLock:

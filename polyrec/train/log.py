@@ -27,11 +27,32 @@ class TrainLog:
         self._board = SummaryWriter(str(self.folder / "tensorboard"))
         self.steps = 0
 
-    def step(self, losses: list[float], weights: list[float]) -> None:
+    def rewind(self, step_losses: list, step_weights: list, history: list[dict]) -> None:
+        """Continue a resumed run's log from its checkpoint: the records are rewritten from the
+        checkpoint's (a crash may have lost or half-written the last lines, or logged steps the
+        checkpoint does not hold), and TensorBoard drops the scalars after its last step."""
+        from tensorboardX import SummaryWriter
+
+        for out in (self._epochs, self._steps):
+            out.seek(0)
+            out.truncate()
+        self.steps = 0
+        for losses, weights in zip(step_losses, step_weights):
+            self._write_step(losses, weights)
+        for record in history:
+            self._epochs.write(json.dumps(record) + "\n")
+        self._board.close()
+        self._board = SummaryWriter(str(self.folder / "tensorboard"), purge_step=self.steps + 1)
+        self.flush()
+
+    def _write_step(self, losses: list[float], weights: list[float]) -> None:
         self.steps += 1
-        step = self.steps
-        self._steps.write(json.dumps({"step": step, "loss": dict(zip(self.tasks, losses)),
+        self._steps.write(json.dumps({"step": self.steps, "loss": dict(zip(self.tasks, losses)),
                                       "weight": dict(zip(self.tasks, weights))}) + "\n")
+
+    def step(self, losses: list[float], weights: list[float]) -> None:
+        self._write_step(losses, weights)
+        step = self.steps
         for task, value, weight in zip(self.tasks, losses, weights):
             self._board.add_scalar(f"loss/{task}", value, step)
             self._board.add_scalar(f"weight/{task}", weight, step)
@@ -42,6 +63,9 @@ class TrainLog:
             for name, value in metrics.items():
                 if task != "notes" and name != "rows" and math.isfinite(value):
                     self._board.add_scalar(f"valid/{task}/{name}", value, self.steps)
+        self.flush()
+
+    def flush(self) -> None:
         for out in (self._epochs, self._steps):
             out.flush()
         self._board.flush()

@@ -6,6 +6,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,10 +14,11 @@ from tqdm.auto import tqdm
 
 from polyrec.config import TrainSpec
 from polyrec.data.dataset import EvalData, Samples
-from polyrec.errors import TrainingError
+from polyrec.errors import RunError, TrainingError
 from polyrec.evaluate.evaluator import evaluate, mean_auc
 from polyrec.models.layers import FeatureEmbedding
 from polyrec.objective import Objective
+from polyrec.train.checkpoint import load_checkpoint, save_checkpoint
 from polyrec.train.log import TrainLog
 from polyrec.weighting import Weighting
 
@@ -92,8 +94,11 @@ def train_step(model: torch.nn.Module, objective: Objective, weighting: Weightin
 
 def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: Optimizers,
               data: Samples, batch_size: int, generator: torch.Generator, progress: str | None = None,
-              log: TrainLog | None = None):
-    """One pass over ``data`` in shuffled batches taken by index from whole tensors.
+              log: TrainLog | None = None, start: int = 0,
+              after_step: Callable[[int, list[float], list[float]], None] | None = None):
+    """One pass over ``data`` in shuffled batches taken by index from whole tensors, from batch
+    ``start`` on (the shuffle is drawn from ``generator`` as for a whole pass);
+    ``after_step(steps done, task losses, task weights)`` is called after each step.
 
     Returns (task losses [steps, T], task weights [steps, T], seconds).
     """
@@ -103,70 +108,146 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
     n_batches = n // batch_size + int(n % batch_size > 1)
     order = torch.randperm(n, generator=generator)
     step_losses, step_weights = [], []
-    bar = tqdm(range(n_batches), desc=progress, disable=progress is None, leave=False, mininterval=0.5)
-    start = time.perf_counter()
+    bar = tqdm(range(start, n_batches), desc=progress, disable=progress is None, leave=False, mininterval=0.5)
+    began = time.perf_counter()
     for step in bar:
         losses, weights = train_step(model, objective, weighting, optimizer, data,
                                      order[step * batch_size:(step + 1) * batch_size])
-        step_losses.append(losses)
-        step_weights.append(weights)
+        step_losses.append(losses.tolist())
+        step_weights.append(weights.tolist())
         if log is not None:
-            log.step(losses.tolist(), weights.tolist())
+            log.step(step_losses[-1], step_weights[-1])
         if progress is not None and step % 20 == 0:
-            bar.set_postfix({k: f"{v:.4f}" for k, v in zip(objective.names, losses.tolist())})
-    return torch.stack(step_losses), torch.stack(step_weights), time.perf_counter() - start
+            bar.set_postfix({k: f"{v:.4f}" for k, v in zip(objective.names, step_losses[-1])})
+        if after_step is not None:
+            after_step(step + 1, step_losses[-1], step_weights[-1])
+    shape = (len(step_losses), len(objective.names))
+    return (torch.tensor(step_losses).reshape(shape), torch.tensor(step_weights).reshape(shape),
+            time.perf_counter() - began)
+
+
+@dataclass
+class LoopState:
+    """Where training stands: what a checkpoint holds besides the model, optimizer and weighting."""
+    epoch: int = 0                   # finished epochs
+    step: int = 0                    # finished steps of the current epoch
+    shuffle_rng: torch.Tensor | None = None   # the shuffle generator's state when the current epoch began
+    global_rng: torch.Tensor | None = None    # torch's own generator (dropout) at the checkpoint
+    epoch_seconds: float = 0.0       # time the current epoch ran before the checkpoint
+    stopped: bool = False            # early stopping decided
+    best_score: float = -np.inf
+    best_state: dict | None = None
+    best_epoch: int = -1
+    best_valid: dict = field(default_factory=dict)
+    waited: int = 0
+    history: list[dict] = field(default_factory=list)
+    throughput: list[float] = field(default_factory=list)
+    step_losses: list[list[float]] = field(default_factory=list)
+    step_weights: list[list[float]] = field(default_factory=list)
+
+
+def _save(path: Path, state: LoopState, model: torch.nn.Module, optimizer: Optimizers,
+          weighting: Weighting) -> None:
+    state.global_rng = torch.get_rng_state()
+    save_checkpoint(path, {"loop": vars(state), "model": model.state_dict(), "weighting": weighting.state_dict(),
+                           "optimizers": [o.state_dict() for o in optimizer.optimizers]})
+
+
+def _restore(path: Path, model: torch.nn.Module, optimizer: Optimizers, weighting: Weighting) -> LoopState:
+    saved = load_checkpoint(path)
+    try:
+        model.load_state_dict(saved["model"])
+        weighting.load_state_dict(saved["weighting"])
+        for opt, opt_state in zip(optimizer.optimizers, saved["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        state = LoopState(**saved["loop"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise RunError(f"{path} does not match this run's model or settings ({str(err)[:200]}); train the run "
+                       "again without --resume") from None
+    torch.set_rng_state(state.global_rng)
+    return state
 
 
 def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples,
           valid: EvalData, n_items: int, spec: TrainSpec, log: TrainLog | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
+          resume: bool = False) -> TrainResult:
     """Train ``model`` in place; the weights of the best validation epoch are restored at the end.
 
     Selection uses the validation split only (mean AUC over binary tasks); the test
     split is never looked at here. ``log`` receives every step and epoch as they happen;
     ``on_epoch`` each epoch's record (it may raise to stop training, e.g. a pruned trial).
+    ``checkpoint``: a file the whole training state is saved to at each epoch's end and every
+    ``spec.checkpoint_every`` steps. ``resume``: continue from that file, taking exactly the steps
+    the uninterrupted run would have taken.
     """
     seed_everything(spec.seed, spec.threads)
     with sparse_embeddings(model, spec.sparse_embeddings) as sparse:
         optimizer = make_optimizer(model, weighting, spec, sparse)
         generator = torch.Generator().manual_seed(spec.seed)
-        n = len(train_data)
-        best_score, best_state, best_epoch, best_valid, waited = -np.inf, None, -1, {}, 0
-        history, throughput, step_losses, step_weights = [], [], [], []
-        for epoch in range(spec.max_epochs):
-            losses, weights, seconds = run_epoch(model, objective, weighting, optimizer, train_data,
-                                                 spec.batch_size, generator,
-                                                 f"epoch {epoch + 1}/{spec.max_epochs}" if spec.progress else None, log)
-            throughput.append(n / seconds)
-            step_losses += losses.tolist()
-            step_weights += weights.tolist()
-            mean_loss = losses.mean(0)
-            if not torch.isfinite(mean_loss).all():
-                raise TrainingError(f"epoch {epoch + 1}: a task loss became non-finite "
-                                         f"{dict(zip(objective.names, mean_loss.tolist()))}; lower train.lr")
-            metrics = evaluate(model, objective, valid, n_items, [], ranking=False)
-            score = mean_auc(metrics, objective)
-            record = {"epoch": epoch + 1, "train_loss": dict(zip(objective.names, mean_loss.tolist())),
-                      "task_weight": dict(zip(objective.names, weights.mean(0).tolist())),
-                      "valid": metrics, "valid_mean_auc": score, "seconds": seconds, "samples_per_s": n / seconds}
-            history.append(record)
+        state = LoopState(shuffle_rng=generator.get_state())
+        if resume:
+            state = _restore(checkpoint, model, optimizer, weighting)
             if log is not None:
-                log.epoch(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            if spec.progress:
-                losses_txt = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
-                tqdm.write(f"epoch {epoch + 1}: loss {losses_txt} | valid mean AUC {score:.4f} | "
-                           f"{n / seconds:,.0f} samples/s")
-            if best_state is None or score > best_score:
-                best_score, best_epoch, best_valid, waited = score, epoch + 1, metrics, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
-                if waited >= spec.patience:
-                    break
-    model.load_state_dict(best_state)
+                log.rewind(state.step_losses, state.step_weights, state.history)
+        n = len(train_data)
+        while state.epoch < spec.max_epochs and not state.stopped:
+            first = len(state.step_losses) - state.step   # the epoch's first step in step_losses
+            generator.set_state(state.shuffle_rng)
+            began = time.perf_counter() - state.epoch_seconds
+
+            def after_step(step: int, losses: list[float], weights: list[float]) -> None:
+                state.step_losses.append(losses)
+                state.step_weights.append(weights)
+                if checkpoint is not None and spec.checkpoint_every and len(state.step_losses) % spec.checkpoint_every == 0:
+                    state.step, state.epoch_seconds = step, time.perf_counter() - began
+                    if log is not None:
+                        log.flush()
+                    _save(checkpoint, state, model, optimizer, weighting)
+
+            run_epoch(model, objective, weighting, optimizer, train_data, spec.batch_size, generator,
+                      f"epoch {state.epoch + 1}/{spec.max_epochs}" if spec.progress else None, log, state.step,
+                      after_step)
+            seconds = time.perf_counter() - began
+            _finish_epoch(state, model, objective, valid, n_items, spec, torch.tensor(state.step_losses[first:]),
+                          torch.tensor(state.step_weights[first:]), seconds, n / seconds, log, on_epoch)
+            state.shuffle_rng, state.step, state.epoch_seconds = generator.get_state(), 0, 0.0
+            if checkpoint is not None:
+                _save(checkpoint, state, model, optimizer, weighting)
+    model.load_state_dict(state.best_state)
     # steady state: the first epoch includes allocator and thread-pool warm-up
-    steady = throughput[1:] or throughput
-    return TrainResult(best_epoch, best_valid, len(history), history, float(np.median(steady)),
-                       step_losses, step_weights)
+    steady = state.throughput[1:] or state.throughput
+    return TrainResult(state.best_epoch, state.best_valid, len(state.history), state.history,
+                       float(np.median(steady)), state.step_losses, state.step_weights)
+
+
+def _finish_epoch(state: LoopState, model: torch.nn.Module, objective: Objective, valid: EvalData, n_items: int,
+                  spec: TrainSpec, losses: torch.Tensor, weights: torch.Tensor, seconds: float, samples_per_s: float,
+                  log: TrainLog | None, on_epoch: Callable[[dict], None] | None) -> None:
+    """Validate after an epoch, record it, and keep the best weights or count towards stopping."""
+    epoch = state.epoch + 1
+    mean_loss = losses.mean(0)
+    if not torch.isfinite(mean_loss).all():
+        raise TrainingError(f"epoch {epoch}: a task loss became non-finite "
+                            f"{dict(zip(objective.names, mean_loss.tolist()))}; lower train.lr")
+    metrics = evaluate(model, objective, valid, n_items, [], ranking=False)
+    score = mean_auc(metrics, objective)
+    record = {"epoch": epoch, "train_loss": dict(zip(objective.names, mean_loss.tolist())),
+              "task_weight": dict(zip(objective.names, weights.mean(0).tolist())),
+              "valid": metrics, "valid_mean_auc": score, "seconds": seconds, "samples_per_s": samples_per_s}
+    state.history.append(record)
+    state.throughput.append(samples_per_s)
+    state.epoch = epoch
+    if log is not None:
+        log.epoch(record)
+    if on_epoch is not None:
+        on_epoch(record)
+    if spec.progress:
+        losses_txt = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
+        tqdm.write(f"epoch {epoch}: loss {losses_txt} | valid mean AUC {score:.4f} | {samples_per_s:,.0f} samples/s")
+    if state.best_state is None or score > state.best_score:
+        state.best_score, state.best_epoch, state.best_valid, state.waited = score, epoch, metrics, 0
+        state.best_state = copy.deepcopy(model.state_dict())
+    else:
+        state.waited += 1
+        state.stopped = state.waited >= spec.patience

@@ -28,6 +28,13 @@ class PCGrad(Weighting):
         super().__init__(tasks)
         self.generator = torch.Generator().manual_seed(seed)
 
+    # the order tasks are projected in is drawn from this generator: a resumed run continues its draws
+    def get_extra_state(self):
+        return self.generator.get_state()
+
+    def set_extra_state(self, state):
+        self.generator.set_state(state)
+
     def backward(self, losses, shared, model):
         losses = losses * self.priority
         params = [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,134 @@
+"""Crash-safe training: a run killed at any moment continues with `--resume` to exactly the
+result it would have had, and a checkpoint is never half-written."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+import polyrec.train.trainer as trainer
+from polyrec.cli import app
+from polyrec.config import Config
+from polyrec.errors import RunError
+from polyrec.pipeline import resume_run, train_run
+from polyrec.train.checkpoint import CHECKPOINT, load_checkpoint
+from tests.conftest import make_tables
+from tests.test_end_to_end import _write_own_data
+
+SETTINGS = ["train.max_epochs=4", "train.patience=10", "train.checkpoint_every=3"]
+
+
+@pytest.fixture
+def project(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    return tmp_path, _write_own_data(data, make_tables())
+
+
+def _outcome(run):
+    """What a finished run is: its test and validation metrics, every step's losses, its weights."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    steps = [json.loads(line) for line in (run / "train_steps.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line)["valid"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return metrics["test"], metrics["valid"], metrics["best_epoch"], steps, epochs, (run / "model.safetensors").read_bytes()
+
+
+def _polyrec(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "polyrec", *map(str, args)], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("method", ["static", "pcgrad", "dwa", "gradnorm", "uncertainty"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(project, monkeypatch, method):
+    """Stopped mid-epoch (step 17, after the checkpoint at step 15), in-process: the weighting
+    method's state, the optimizer, the shuffle and dropout draws all continue as if never stopped."""
+    root, cfg = project
+    config = Config.from_yaml(cfg, [*SETTINGS, f"weighting.method={method}", "model.dropout=0.2"])
+    train_run(config, root / "whole")
+    calls, real = [], trainer.train_step
+
+    def stop_at_step_17(*args):
+        calls.append(1)
+        if len(calls) == 17:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(trainer, "train_step", stop_at_step_17)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, root / "resumed")
+    monkeypatch.setattr(trainer, "train_step", real)
+    assert not (root / "resumed").exists()
+    resume_run(root / "resumed")
+    assert _outcome(root / "resumed") == _outcome(root / "whole")
+    assert not list(root.glob(".resumed.partial-*")) and not (root / "resumed" / CHECKPOINT).exists()
+
+
+def test_a_killed_process_resumes_to_the_uninterrupted_result(project):
+    root, cfg = project
+    sets = [arg for s in SETTINGS for arg in ("--set", s)]
+    whole = _polyrec("train", "-c", cfg, "-o", root / "whole", *sets, cwd=root)
+    proc = _polyrec("train", "-c", cfg, "-o", root / "killed", *sets, cwd=root)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(root.glob(".killed.partial-*/" + CHECKPOINT)):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+    assert not (root / "killed").exists(), "the run finished before it was killed"
+    resumed = _polyrec("train", "--resume", root / "killed", cwd=root)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert _outcome(root / "killed") == _outcome(root / "whole")
+
+
+def test_a_checkpoint_is_never_half_written(project):
+    """The process dies in the middle of writing its third checkpoint: the second stays whole and
+    the run resumes from it."""
+    root, cfg = project
+    script = f"""
+import os, signal, sys, torch
+import polyrec.train.checkpoint as checkpoint
+real, calls = torch.save, []
+def dying_save(obj, out):
+    calls.append(1)
+    if len(calls) == 3:
+        out.write(b"half a checkpoint")
+        out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(obj, out)
+checkpoint.torch.save = dying_save
+from polyrec.cli import app
+sys.argv = ["polyrec", "train", "-c", {str(cfg)!r}, "-o", {str(root / "run")!r},
+            *[a for s in {SETTINGS!r} for a in ("--set", s)]]
+app()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (staging,) = root.glob(".run.partial-*")
+    assert load_checkpoint(staging / CHECKPOINT)["loop"]["step"] == 6   # the second, whole
+    resume_run(root / "run")
+    train_run(Config.from_yaml(cfg, SETTINGS), root / "whole")
+    assert _outcome(root / "run") == _outcome(root / "whole")
+
+
+def test_resume_errors_name_what_to_do(project, monkeypatch):
+    root, cfg = project
+    monkeypatch.chdir(root)
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--resume", "runs/none"])
+    assert result.exit_code == 2 and "no unfinished run of runs/none" in result.stderr
+    result = runner.invoke(app, ["train", "--resume", "runs/none", "--set", "train.lr=1"])
+    assert result.exit_code == 2 and "leave out --config, --set and --out" in result.stderr
+    staging = root / "runs" / ".broken.partial-1-abc"
+    staging.mkdir(parents=True)
+    (staging / "train_log.jsonl").write_text("")
+    (staging / "config.json").write_text(Config.from_yaml(cfg).model_dump_json())
+    (staging / CHECKPOINT).write_bytes(b"not a checkpoint")
+    result = runner.invoke(app, ["train", "--resume", "runs/broken"])
+    assert result.exit_code == 2 and "is not a readable polyrec checkpoint" in result.stderr, result.output
+    assert not (root / "runs" / "broken").exists() and (staging / CHECKPOINT).exists()
+    with pytest.raises(RunError, match="resume=True"):
+        from polyrec.recommender import MultiTaskRecommender
+        MultiTaskRecommender(Config.from_yaml(cfg)).fit(make_tables(), resume=True)
