@@ -324,6 +324,11 @@ class TrainSpec(_Strict):
     # a run saves its whole training state at each epoch's end and every this many steps (0: epoch
     # ends only), so `polyrec train --resume` continues a killed run where it stopped
     checkpoint_every: int = Field(0, ge=0)
+    # where training runs (auto: the GPU when there is one); the trained model is moved back to the
+    # CPU for evaluation, saving and serving
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16: forward passes in training run under bfloat16 autocast (weights, optimizer and losses stay float32)
+    precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 2024
     threads: int | None = 2
     progress: bool = True

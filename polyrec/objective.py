@@ -55,8 +55,11 @@ class Objective:
     def batch_losses(self, model: torch.nn.Module, data, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-task losses [T] of the training rows ``idx`` of ``data`` and the shared representation
         they came from (what the trainer hands to the weighting)."""
-        logits, shared = model.forward_shared(data.user[idx], data.item[idx], **data.context(idx))
-        return self.losses(logits, data.labels[idx]), shared
+        device = next(model.parameters()).device   # rows are gathered where the data lives, then moved
+        context = {k: v.to(device) for k, v in data.context(idx).items()}
+        logits, shared = model.forward_shared(data.user[idx].to(device), data.item[idx].to(device), **context)
+        # float32 losses, also when the forward pass ran under bf16 autocast
+        return self.losses(logits.float(), data.labels[idx].to(device)), shared
 
     def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         has_label = ~torch.isnan(labels)

@@ -140,3 +140,32 @@ def test_sparse_embedding_updates_touch_only_the_rows_a_batch_reads():
 def test_sparse_embeddings_refuse_per_parameter_gradient_methods():
     with pytest.raises(Exception, match="sparse embedding gradients do not support"):
         make_config(train__sparse_embeddings=True, weighting__method="pcgrad")
+
+
+@pytest.mark.parametrize("method", ["static", "mgda_ub"])
+def test_bf16_autocast_runs_the_forward_pass_in_bfloat16_and_keeps_float32_weights(method):
+    from polyrec.train.trainer import make_optimizer, train_step
+    from polyrec.weighting import build_weighting
+
+    config = make_config(train__precision="bf16", weighting__method=method)
+    data = prepare(make_tables(), config)
+    model, objective = model_for(config, data), Objective.from_config(config)
+    weighting = build_weighting(config.weighting, config.tasks)
+    optimizer = make_optimizer(model, weighting, config.train)
+    seen = []
+    model.nets[0].towers.linears[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    before = model.nets[0].towers.linears[0].weight.detach().clone()
+    losses, weights = train_step(model, objective, weighting, optimizer, data.train, torch.arange(64), bf16=True)
+    assert seen == [torch.bfloat16] and losses.dtype == torch.float32 and torch.isfinite(losses).all()
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not torch.equal(model.nets[0].towers.linears[0].weight, before)
+
+
+def test_training_on_a_gpu_that_is_not_there_is_refused():
+    from polyrec.errors import ConfigError
+    from polyrec.recommender import MultiTaskRecommender
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="train.device is cuda but PyTorch sees no GPU"):
+        MultiTaskRecommender(make_config(train__device="cuda")).fit(make_tables())

@@ -34,6 +34,8 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     """Train the student that ``config`` describes from ``teacher``; returns the fitted student
     (``log_dir``: where the training log goes as training runs)."""
     check_compatible(teacher, config)
+    # the teacher's outputs and the pairs it labels are read on the CPU, so the student trains there
+    config = config.with_overrides(["train.device=cpu"])
     spec = config.distill or DistillSpec()
     seed_everything(config.train.seed, config.train.threads)
     # rows carry histories and statistics when the teacher or the student reads them
@@ -85,6 +87,9 @@ def check_compatible(teacher: MultiTaskRecommender, config: Config) -> None:
     if config.data != teacher.config.data:
         raise ConfigError("the student needs the teacher's data section (with data.seed, it fixes the split); "
                           "otherwise the teacher would have trained on the student's test rows")
+    if config.train.device == "cuda":
+        raise ConfigError("distillation trains the student on the CPU (the teacher's outputs are read there): set "
+                          "train.device to cpu or auto")
     hidden = config.distill is not None and config.distill.hidden_weight
     if hidden and "single" in (config.model.arch, teacher.config.model.arch):
         raise ConfigError("distill.hidden_weight matches shared representations, and model.arch 'single' shares "

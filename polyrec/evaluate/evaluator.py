@@ -18,8 +18,9 @@ def predict_logits(model: torch.nn.Module, user: torch.Tensor, item: torch.Tenso
     without it, every row reads what is known now."""
     model.eval()
     context = context or {}
-    return torch.cat([model(user[a:a + batch_size], item[a:a + batch_size],
-                            **{k: v[a:a + batch_size] for k, v in context.items()})
+    device = next(model.parameters()).device
+    return torch.cat([model(user[a:a + batch_size].to(device), item[a:a + batch_size].to(device),
+                            **{k: v[a:a + batch_size].to(device) for k, v in context.items()}).cpu()
                       for a in range(0, len(user), batch_size)]) if len(user) else torch.empty(0)
 
 

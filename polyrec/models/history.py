@@ -50,7 +50,7 @@ class EventTable(nn.Module):
         """Items [B, L] and feedback [B, L, F] of each row's last L events, oldest first and
         left-padded; mask [B, L] is True on real events."""
         spans = self.now[user] if spans is None else spans
-        index = spans[:, 1:] - self.length + torch.arange(self.length)   # [B, L]
+        index = spans[:, 1:] - self.length + torch.arange(self.length, device=spans.device)   # [B, L]
         mask = index >= spans[:, :1]
         index = index.masked_fill(~mask, 0)
         return self.item[index], self.feedback[index], mask

@@ -134,7 +134,7 @@ class MultiTaskModel(nn.Module):
         if self.training and self.oov_dropout:
             cat = cat.clone()
             for column, oov, p in self.oov_dropout:
-                drop = torch.rand(len(cat)) < p
+                drop = torch.rand(len(cat), device=cat.device) < p
                 cat[drop, column] = oov
         if self.item_encoder is not None:
             item_text = self.item_encoder(item)

@@ -39,7 +39,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     try:
-        return torch.load(path, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:   # torch reports a damaged file in many ways
         raise RunError(f"{path} is not a readable polyrec checkpoint ({type(err).__name__}); train the run "
                        "again without --resume") from None

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from polyrec.config import TrainSpec
 from polyrec.data.dataset import EvalData, Samples
-from polyrec.errors import RunError, TrainingError
+from polyrec.errors import ConfigError, RunError, TrainingError
 from polyrec.evaluate.evaluator import evaluate, mean_auc
 from polyrec.models.layers import FeatureEmbedding
 from polyrec.objective import Objective
@@ -82,10 +82,19 @@ def make_optimizer(model: torch.nn.Module, weighting: Weighting, spec: TrainSpec
     return Optimizers(*optimizers)
 
 
+def training_device(spec: TrainSpec) -> torch.device:
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but PyTorch sees no GPU (torch.cuda.is_available() is False): "
+                          "set train.device to auto or cpu, or install a CUDA build of torch")
+    return torch.device("cuda" if spec.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def train_step(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: Optimizers,
-               data: Samples, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on the rows ``idx`` of ``data``; returns (task losses [T], task weights [T])."""
-    losses, shared = objective.batch_losses(model, data, idx)
+               data: Samples, idx: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the rows ``idx`` of ``data`` (``bf16``: the forward pass under bfloat16
+    autocast); returns (task losses [T], task weights [T])."""
+    with torch.autocast(next(model.parameters()).device.type, torch.bfloat16, enabled=bf16):
+        losses, shared = objective.batch_losses(model, data, idx)
     weights = weighting.backward(losses, shared, model)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -95,7 +104,7 @@ def train_step(model: torch.nn.Module, objective: Objective, weighting: Weightin
 def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: Optimizers,
               data: Samples, batch_size: int, generator: torch.Generator, progress: str | None = None,
               log: TrainLog | None = None, start: int = 0,
-              after_step: Callable[[int, list[float], list[float]], None] | None = None):
+              after_step: Callable[[int, list[float], list[float]], None] | None = None, bf16: bool = False):
     """One pass over ``data`` in shuffled batches taken by index from whole tensors, from batch
     ``start`` on (the shuffle is drawn from ``generator`` as for a whole pass);
     ``after_step(steps done, task losses, task weights)`` is called after each step.
@@ -112,7 +121,7 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
     began = time.perf_counter()
     for step in bar:
         losses, weights = train_step(model, objective, weighting, optimizer, data,
-                                     order[step * batch_size:(step + 1) * batch_size])
+                                     order[step * batch_size:(step + 1) * batch_size], bf16)
         step_losses.append(losses.tolist())
         step_weights.append(weights.tolist())
         if log is not None:
@@ -133,6 +142,7 @@ class LoopState:
     step: int = 0                    # finished steps of the current epoch
     shuffle_rng: torch.Tensor | None = None   # the shuffle generator's state when the current epoch began
     global_rng: torch.Tensor | None = None    # torch's own generator (dropout) at the checkpoint
+    cuda_rng: list[torch.Tensor] = field(default_factory=list)   # and the GPUs' when training on them
     epoch_seconds: float = 0.0       # time the current epoch ran before the checkpoint
     stopped: bool = False            # early stopping decided
     best_score: float = -np.inf
@@ -149,6 +159,7 @@ class LoopState:
 def _save(path: Path, state: LoopState, model: torch.nn.Module, optimizer: Optimizers,
           weighting: Weighting) -> None:
     state.global_rng = torch.get_rng_state()
+    state.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     save_checkpoint(path, {"loop": vars(state), "model": model.state_dict(), "weighting": weighting.state_dict(),
                            "optimizers": [o.state_dict() for o in optimizer.optimizers]})
 
@@ -165,6 +176,8 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: Optimizers, weightin
         raise RunError(f"{path} does not match this run's model or settings ({str(err)[:200]}); train the run "
                        "again without --resume") from None
     torch.set_rng_state(state.global_rng)
+    if state.cuda_rng:
+        torch.cuda.set_rng_state_all(state.cuda_rng)
     return state
 
 
@@ -182,6 +195,8 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
     the uninterrupted run would have taken.
     """
     seed_everything(spec.seed, spec.threads)
+    model.to(training_device(spec))
+    weighting.to(training_device(spec))
     with sparse_embeddings(model, spec.sparse_embeddings) as sparse:
         optimizer = make_optimizer(model, weighting, spec, sparse)
         generator = torch.Generator().manual_seed(spec.seed)
@@ -207,7 +222,7 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
 
             run_epoch(model, objective, weighting, optimizer, train_data, spec.batch_size, generator,
                       f"epoch {state.epoch + 1}/{spec.max_epochs}" if spec.progress else None, log, state.step,
-                      after_step)
+                      after_step, spec.precision == "bf16")
             seconds = time.perf_counter() - began
             _finish_epoch(state, model, objective, valid, n_items, spec, torch.tensor(state.step_losses[first:]),
                           torch.tensor(state.step_weights[first:]), seconds, n / seconds, log, on_epoch)
@@ -215,6 +230,7 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
             if checkpoint is not None:
                 _save(checkpoint, state, model, optimizer, weighting)
     model.load_state_dict(state.best_state)
+    model.cpu()   # evaluation, the bundle and serving read it on the CPU
     # steady state: the first epoch includes allocator and thread-pool warm-up
     steady = state.throughput[1:] or state.throughput
     return TrainResult(state.best_epoch, state.best_valid, len(state.history), state.history,

@@ -66,9 +66,9 @@ def representation_grads(losses: torch.Tensor, rep: torch.Tensor) -> torch.Tenso
     never through the shared body, so this costs a fraction of one backward pass.
     """
     # one vmapped backward for all tasks (grad_outputs = rows of the identity), not T calls
-    grads = torch.autograd.grad(losses, rep, torch.eye(len(losses)), retain_graph=True, is_grads_batched=True,
+    grads = torch.autograd.grad(losses, rep, torch.eye(len(losses), device=losses.device), retain_graph=True, is_grads_batched=True,
                                 allow_unused=True, materialize_grads=True)[0]
-    return grads.flatten(1)
+    return grads.flatten(1).float()   # float32 also when the forward pass ran in bfloat16
 
 
 def weighted_backward(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

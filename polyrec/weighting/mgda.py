@@ -45,7 +45,7 @@ class MGDA(Weighting):
     def backward(self, losses, shared, model):
         grads = representation_grads(losses, shared)
         gram = grads @ grads.T
-        scale = torch.ones(len(losses))
+        scale = torch.ones(len(losses), device=losses.device)
         if self.normalize != "none":   # normalized on the Gram matrix: the [T, N] gradients are never copied
             scale = gram.diagonal().sqrt().clamp(min=1e-12)
             if self.normalize == "loss+":
