@@ -135,6 +135,8 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c",
         cfg = Config.from_yaml(config or DEFAULT_CONFIG, overrides)
         out = out or _default_out(f"{cfg.model.arch}{'-esmm' if cfg.model.esmm else ''}")
         _, metrics = train_run(cfg, out, overwrite)
+    if not metrics:   # a torchrun process other than the first: that one writes and reports the run
+        return
     print_results(metrics)
     console.print(Text.assemble("run directory: ", (str(out), "bold")))
 

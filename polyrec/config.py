@@ -173,6 +173,8 @@ class ModelSpec(_Strict):
     ple_shared_experts: int = Field(1, gt=0)
     ple_task_experts: int = Field(1, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+    # BatchNorm after each hidden layer (off: plain Linear → ReLU, as DeepCTR's DNN by default)
+    batch_norm: bool = True
     # feature name -> probability of hiding its value (out-of-vocabulary) in a training row:
     # teaches the model to score new items/users from side features and text.
     oov_dropout: dict[str, float] = Field(default_factory=dict)

@@ -6,15 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from polyrec.config import TaskSpec
+from polyrec.train.distributed import all_sum
 
 _EPS = 1e-7
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor, per_row: bool = False) -> torch.Tensor:
-    """Mean over the labelled rows, or with ``per_row`` over all rows of the batch (unlabelled rows
-    count 0), so a task weighs by how many rows it labels."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / (len(mask) if per_row else mask.sum().clamp(min=1))
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask.to(values.dtype)).sum()
 
 
 class Objective:
@@ -64,21 +62,25 @@ class Objective:
     def losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         has_label = ~torch.isnan(labels)
         y = torch.nan_to_num(labels)
-        per_row = self.reduction == "per_row"
+        # a task's loss is a mean over the rows it labels, or with per_row over all rows (unlabelled
+        # rows count 0, so a task weighs by how many rows it labels); the counts are the whole
+        # batch's, also when it is split across processes
+        counts = all_sum(torch.cat([has_label.sum(0), has_label.new_full((1,), len(labels), dtype=torch.long)]))
+        count = (lambda t: counts[-1]) if self.reduction == "per_row" else (lambda t: counts[t].clamp(min=1))
         out = []
         for t, (task, parent) in enumerate(zip(self.tasks, self.parent)):
             z, mask = logits[:, t], has_label[:, t]
             if task.loss == "bce":
-                loss = _masked_mean(F.binary_cross_entropy_with_logits(z, y[:, t], reduction="none"), mask, per_row)
+                loss = _masked_sum(F.binary_cross_entropy_with_logits(z, y[:, t], reduction="none"), mask) / count(t)
             elif task.loss == "mse":
-                loss = _masked_mean((z - y[:, t]) ** 2, mask, per_row)
+                loss = _masked_sum((z - y[:, t]) ** 2, mask) / count(t)
             else:
-                loss = _masked_mean(F.huber_loss(z, y[:, t], reduction="none"), mask, per_row)
+                loss = _masked_sum(F.huber_loss(z, y[:, t], reduction="none"), mask) / count(t)
             if task.kind == "binary" and parent is not None and self.esmm:
                 target = y[:, parent] * y[:, t]
                 log_p = (F.logsigmoid(logits[:, parent]) + F.logsigmoid(z)).clamp(max=-_EPS)
                 joint = -(target * log_p + (1 - target) * torch.log1p(-log_p.exp()))
-                loss = _masked_mean(joint, has_label[:, parent], per_row) + self.conditional_weight * loss
+                loss = _masked_sum(joint, has_label[:, parent]) / count(parent) + self.conditional_weight * loss
             out.append(loss)
         return torch.stack(out)
 

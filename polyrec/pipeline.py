@@ -8,6 +8,7 @@ from typing import Callable
 from polyrec.config import Config
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.rundir import RunWriter, unfinished
+from polyrec.train import distributed
 from polyrec.serve.bundle import read_config, write_bundle, write_json
 
 
@@ -20,7 +21,11 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False,
     ``out`` is checked before any work (see :mod:`polyrec.rundir`); the training log goes into
     the staging folder as training runs, and the whole run appears at ``out`` only at the end.
     ``resume``: continue the unfinished run of ``out`` from its last checkpoint (see :func:`resume_run`).
+    Launched by torchrun, every process trains and only the first (rank 0) writes the run; the
+    others return an empty metrics dict.
     """
+    if distributed.rank() != 0:
+        return (fit(None) if fit is not None else MultiTaskRecommender(config).fit(resume=resume)), {}
     with RunWriter(out, overwrite, resume) as run:
         if not resume:
             write_json(run.staging / "config.json", config.model_dump())   # what a resumed run reads

@@ -23,6 +23,7 @@ from polyrec.distill.objective import DistillObjective, ranking_log_score
 from polyrec.errors import ConfigError, DataError
 from polyrec.evaluate.evaluator import predict_logits
 from polyrec.recommender import MultiTaskRecommender
+from polyrec.train import distributed
 from polyrec.train.trainer import seed_everything
 
 # text settings that decide what the embeddings are; the student may change the rest (dim, adaptor)
@@ -87,6 +88,8 @@ def check_compatible(teacher: MultiTaskRecommender, config: Config) -> None:
     if config.data != teacher.config.data:
         raise ConfigError("the student needs the teacher's data section (with data.seed, it fixes the split); "
                           "otherwise the teacher would have trained on the student's test rows")
+    if distributed.world_size() > 1:
+        raise ConfigError("distillation trains in one process: run polyrec distill without torchrun")
     if config.train.device == "cuda":
         raise ConfigError("distillation trains the student on the CPU (the teacher's outputs are read there): set "
                           "train.device to cpu or auto")

@@ -36,15 +36,16 @@ class GroupedLinear(nn.Module):
 
 
 class GroupedMLP(nn.Module):
-    """G independent MLPs, each (Linear → BatchNorm → ReLU → Dropout) per hidden size in ``dims``."""
+    """G independent MLPs, each (Linear → BatchNorm → ReLU → Dropout) per hidden size in ``dims``
+    (without ``batch_norm``: Linear → ReLU → Dropout)."""
 
-    def __init__(self, in_dim: int, dims: list[int], groups: int, dropout: float = 0.0):
+    def __init__(self, in_dim: int, dims: list[int], groups: int, dropout: float = 0.0, batch_norm: bool = True):
         super().__init__()
         self.linears = nn.ModuleList()
         self.norms = nn.ModuleList()
         for out_dim in dims:
             self.linears.append(GroupedLinear(in_dim, out_dim, groups))
-            self.norms.append(nn.BatchNorm1d(groups * out_dim))
+            self.norms.append(nn.BatchNorm1d(groups * out_dim) if batch_norm else nn.Identity())
             in_dim = out_dim
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.out_dim = in_dim

@@ -9,7 +9,7 @@ from polyrec.models.layers import GroupedLinear, GroupedMLP
 class MMoE(nn.Module):
     def __init__(self, in_dim: int, n_tasks: int, spec: ModelSpec):
         super().__init__()
-        self.experts = GroupedMLP(in_dim, spec.expert_dims, spec.n_experts, spec.dropout)
+        self.experts = GroupedMLP(in_dim, spec.expert_dims, spec.n_experts, spec.dropout, spec.batch_norm)
         self.gates = GroupedLinear(in_dim, spec.n_experts, n_tasks)
         self.out_dim = self.experts.out_dim
 

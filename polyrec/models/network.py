@@ -51,7 +51,7 @@ class TaskNetwork(nn.Module):
             self.history = HistoryBlock(history, spec.embed_dim, n_feedback, text_dim, spec.dropout)
         in_dim = self.embedding.out_dim + sum(block.out_dim for block in (self.text, self.history) if block is not None)
         self.body = ARCHITECTURES[arch](in_dim, n_tasks, spec)
-        self.towers = GroupedMLP(self.body.out_dim, spec.tower_dims, n_tasks, spec.dropout)
+        self.towers = GroupedMLP(self.body.out_dim, spec.tower_dims, n_tasks, spec.dropout, spec.batch_norm)
         self.heads = GroupedLinear(self.towers.out_dim, 1, n_tasks)
 
     def forward(self, cat, multi, num, item_text, user_text, events=None, counts=None):

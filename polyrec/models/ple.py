@@ -15,7 +15,7 @@ class CGCLevel(nn.Module):
         super().__init__()
         k, s = spec.ple_task_experts, spec.ple_shared_experts
         n_experts = n_tasks * k + s
-        self.experts = GroupedMLP(in_dim, spec.expert_dims, n_experts, spec.dropout)
+        self.experts = GroupedMLP(in_dim, spec.expert_dims, n_experts, spec.dropout, spec.batch_norm)
         # expert e reads input slot e // k for task experts, slot n_tasks (shared) otherwise
         self.register_buffer("expert_input", torch.tensor([e // k for e in range(n_tasks * k)] + [n_tasks] * s),
                              persistent=False)

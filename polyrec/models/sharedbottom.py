@@ -8,7 +8,7 @@ from polyrec.models.layers import GroupedMLP
 class SharedBottom(nn.Module):
     def __init__(self, in_dim: int, n_tasks: int, spec: ModelSpec):
         super().__init__()
-        self.bottom = GroupedMLP(in_dim, spec.expert_dims, 1, spec.dropout)
+        self.bottom = GroupedMLP(in_dim, spec.expert_dims, 1, spec.dropout, spec.batch_norm)
         self.n_tasks, self.out_dim = n_tasks, self.bottom.out_dim
 
     def forward(self, x):

@@ -18,6 +18,7 @@ from polyrec.errors import ConfigError, RunError, TrainingError
 from polyrec.evaluate.evaluator import evaluate, mean_auc
 from polyrec.models.layers import FeatureEmbedding
 from polyrec.objective import Objective
+from polyrec.train import distributed
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint
 from polyrec.train.log import TrainLog
 from polyrec.weighting import Weighting
@@ -94,11 +95,13 @@ def train_step(model: torch.nn.Module, objective: Objective, weighting: Weightin
     """One optimizer step on the rows ``idx`` of ``data`` (``bf16``: the forward pass under bfloat16
     autocast); returns (task losses [T], task weights [T])."""
     with torch.autocast(next(model.parameters()).device.type, torch.bfloat16, enabled=bf16):
-        losses, shared = objective.batch_losses(model, data, idx)
-    weights = weighting.backward(losses, shared, model)
+        losses, shared = objective.batch_losses(model, data, distributed.shard(idx))
+    weights = weighting.backward(distributed.global_losses(losses), shared, model)
+    if not weighting.sums_gradients:
+        distributed.sum_gradients(model.parameters())
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return losses.detach(), weights.detach()
+    return distributed.all_sum(losses.detach()), weights.detach()
 
 
 def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: Optimizers,
@@ -113,8 +116,8 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
     """
     model.train()
     n = len(data)
-    # BatchNorm cannot train on a single row: a trailing batch of one is dropped.
-    n_batches = n // batch_size + int(n % batch_size > 1)
+    # BatchNorm cannot train on a single row: a trailing batch that would give a process one row is dropped
+    n_batches = n // batch_size + int(n % batch_size >= 2 * distributed.world_size())
     order = torch.randperm(n, generator=generator)
     step_losses, step_weights = [], []
     bar = tqdm(range(start, n_batches), desc=progress, disable=progress is None, leave=False, mininterval=0.5)
@@ -192,11 +195,31 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
     ``on_epoch`` each epoch's record (it may raise to stop training, e.g. a pruned trial).
     ``checkpoint``: a file the whole training state is saved to at each epoch's end and every
     ``spec.checkpoint_every`` steps. ``resume``: continue from that file, taking exactly the steps
-    the uninterrupted run would have taken.
+    the uninterrupted run would have taken. Launched by torchrun, each process trains on its share
+    of every batch (see :mod:`polyrec.train.distributed`).
     """
     seed_everything(spec.seed, spec.threads)
-    model.to(training_device(spec))
-    weighting.to(training_device(spec))
+    device = training_device(spec)
+    if distributed.world_size() > 1 and (spec.sparse_embeddings or resume):
+        raise ConfigError("training in several processes (torchrun) does not support "
+                          f"{'train.sparse_embeddings' if spec.sparse_embeddings else '--resume'} yet; train in one "
+                          "process for it")
+    model.to(device)
+    weighting.to(device)
+    with distributed.training(device):
+        state = _train(model, objective, weighting, train_data, valid, n_items, spec, log, on_epoch, checkpoint,
+                       resume)
+    model.load_state_dict(state.best_state)
+    model.cpu()   # evaluation, the bundle and serving read it on the CPU
+    # steady state: the first epoch includes allocator and thread-pool warm-up
+    steady = state.throughput[1:] or state.throughput
+    return TrainResult(state.best_epoch, state.best_valid, len(state.history), state.history,
+                       float(np.median(steady)), state.step_losses, state.step_weights)
+
+
+def _train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples,
+           valid: EvalData, n_items: int, spec: TrainSpec, log: TrainLog | None,
+           on_epoch: Callable[[dict], None] | None, checkpoint: Path | None, resume: bool) -> LoopState:
     with sparse_embeddings(model, spec.sparse_embeddings) as sparse:
         optimizer = make_optimizer(model, weighting, spec, sparse)
         generator = torch.Generator().manual_seed(spec.seed)
@@ -229,12 +252,7 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
             state.shuffle_rng, state.step, state.epoch_seconds = generator.get_state(), 0, 0.0
             if checkpoint is not None:
                 _save(checkpoint, state, model, optimizer, weighting)
-    model.load_state_dict(state.best_state)
-    model.cpu()   # evaluation, the bundle and serving read it on the CPU
-    # steady state: the first epoch includes allocator and thread-pool warm-up
-    steady = state.throughput[1:] or state.throughput
-    return TrainResult(state.best_epoch, state.best_valid, len(state.history), state.history,
-                       float(np.median(steady)), state.step_losses, state.step_weights)
+    return state
 
 
 def _finish_epoch(state: LoopState, model: torch.nn.Module, objective: Objective, valid: EvalData, n_items: int,
@@ -242,6 +260,7 @@ def _finish_epoch(state: LoopState, model: torch.nn.Module, objective: Objective
                   log: TrainLog | None, on_epoch: Callable[[dict], None] | None) -> None:
     """Validate after an epoch, record it, and keep the best weights or count towards stopping."""
     epoch = state.epoch + 1
+    distributed.average_buffers(model)   # so that every process validates the same model
     mean_loss = losses.mean(0)
     if not torch.isfinite(mean_loss).all():
         raise TrainingError(f"epoch {epoch}: a task loss became non-finite "

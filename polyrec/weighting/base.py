@@ -19,6 +19,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from torch import nn
 
+from polyrec.train.distributed import all_sum
+
 # option types for a method's keyword arguments: they are checked when the config is read
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -34,10 +36,15 @@ class Weighting(nn.Module):
     ``priority``: each task's configured ``weight``, a factor on what the method computes;
     a method for which such a factor has no meaning sets ``honours_task_weights = False``
     and a config that sets task weights for it is refused.
+
+    Across processes (:mod:`polyrec.train.distributed`), ``losses`` carry the whole batch's values
+    and a method sums (``all_sum``) any statistic of per-task gradients that is a sum over rows;
+    ``sums_gradients``: it also sums the model's gradients itself (else the trainer does).
     """
 
     needs_representation: bool = False
     needs_parameter_grads: bool = False   # per-task gradients of the parameters themselves (dense)
+    sums_gradients: bool = False
     honours_task_weights: bool = True
 
     def __init__(self, tasks: list):
@@ -60,7 +67,8 @@ class Weighting(nn.Module):
 
 
 def representation_grads(losses: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
-    """Each task's gradient w.r.t. the shared representation ``rep``, flattened: [T, N].
+    """Each task's gradient w.r.t. the shared representation ``rep``, flattened: [T, N] (this
+    process's rows; their Gram matrix and squared norms add up over processes).
 
     Autograd only walks from each loss down to the representation (towers and gates),
     never through the shared body, so this costs a fraction of one backward pass.
@@ -69,6 +77,16 @@ def representation_grads(losses: torch.Tensor, rep: torch.Tensor) -> torch.Tenso
     grads = torch.autograd.grad(losses, rep, torch.eye(len(losses), device=losses.device), retain_graph=True, is_grads_batched=True,
                                 allow_unused=True, materialize_grads=True)[0]
     return grads.flatten(1).float()   # float32 also when the forward pass ran in bfloat16
+
+
+def task_gram(grads: torch.Tensor) -> torch.Tensor:
+    """The whole batch's Gram matrix [T, T] of per-task representation gradients ``grads`` [T, N]."""
+    return all_sum(grads @ grads.T)
+
+
+def task_norms(grads: torch.Tensor) -> torch.Tensor:
+    """The whole batch's norm [T] of each task's representation gradient (rows of ``grads`` [T, N])."""
+    return all_sum(grads.pow(2).sum(1)).sqrt()
 
 
 def weighted_backward(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

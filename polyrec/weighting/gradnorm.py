@@ -10,7 +10,7 @@ backward of Σ w_i ℓ_i. Weights are renormalized to sum to T before every step
 import torch
 from torch import nn
 
-from polyrec.weighting.base import NonNegative, Weighting, representation_grads
+from polyrec.weighting.base import NonNegative, Weighting, representation_grads, task_norms
 
 
 class GradNorm(Weighting):
@@ -29,7 +29,7 @@ class GradNorm(Weighting):
             if not self.initial_loss.any():
                 self.initial_loss.copy_(losses.clamp(min=1e-12))
         used = self.weights.detach().clone()
-        norms = representation_grads(losses, shared).norm(dim=1)
+        norms = task_norms(representation_grads(losses, shared))
         ratio = losses.detach() / self.initial_loss
         target = (used * norms).mean() * (ratio / ratio.mean()) ** self.alpha
         # ∂/∂w_i of Σ|w_i·‖∇ℓ_i‖ − target_i| with the target held constant, as in the paper

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from polyrec.weighting.base import Weighting, representation_grads, weighted_backward
+from polyrec.weighting.base import Weighting, representation_grads, task_gram, weighted_backward
 
 
 def min_norm_weights(gram: torch.Tensor, iterations: int = 50) -> torch.Tensor:
@@ -43,8 +43,7 @@ class MGDA(Weighting):
         self.normalize = normalize
 
     def backward(self, losses, shared, model):
-        grads = representation_grads(losses, shared)
-        gram = grads @ grads.T
+        gram = task_gram(representation_grads(losses, shared))
         scale = torch.ones(len(losses), device=losses.device)
         if self.normalize != "none":   # normalized on the Gram matrix: the [T, N] gradients are never copied
             scale = gram.diagonal().sqrt().clamp(min=1e-12)

@@ -11,7 +11,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from polyrec.weighting.base import Weighting, representation_grads, weighted_backward
+from polyrec.weighting.base import Weighting, representation_grads, task_norms, weighted_backward
 
 
 class MultiBalance(Weighting):
@@ -23,7 +23,7 @@ class MultiBalance(Weighting):
         self.register_buffer("norm_average", torch.zeros(len(tasks)))
 
     def backward(self, losses, shared, model):
-        norms = representation_grads(losses, shared).norm(dim=1).clamp(min=1e-12)
+        norms = task_norms(representation_grads(losses, shared)).clamp(min=1e-12)
         if self.norm_average.any():
             self.norm_average.lerp_(norms, 1 - self.momentum)
         else:

@@ -7,6 +7,7 @@ their own task's gradient. Reported weights: each task's projected / original gr
 """
 import torch
 
+from polyrec.train.distributed import all_sum
 from polyrec.weighting.base import Weighting
 
 
@@ -23,6 +24,7 @@ def project_conflicting(grads: torch.Tensor, generator: torch.Generator | None =
 
 class PCGrad(Weighting):
     needs_parameter_grads = True
+    sums_gradients = True
 
     def __init__(self, tasks, seed: int = 0):
         super().__init__(tasks)
@@ -43,7 +45,9 @@ class PCGrad(Weighting):
         per_task = [torch.autograd.grad(loss, params, retain_graph=i < len(losses) - 1, allow_unused=True)
                     for i, loss in enumerate(losses)]
         per_task = [[torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)] for grads in per_task]
-        shared = torch.stack([torch.cat([g.flatten() for g, s in zip(grads, is_shared) if s]) for grads in per_task])
+        # each task's whole-batch gradient (summed over processes) is what gets projected
+        shared = all_sum(torch.stack([torch.cat([g.flatten() for g, s in zip(grads, is_shared) if s])
+                                      for grads in per_task]))
         projected = project_conflicting(shared, self.generator)
         flat_sum, offset = projected.sum(0), 0
         for k, (p, s) in enumerate(zip(params, is_shared)):
@@ -51,6 +55,6 @@ class PCGrad(Weighting):
                 grad = flat_sum[offset:offset + p.numel()].view_as(p)
                 offset += p.numel()
             else:
-                grad = sum(grads[k] for grads in per_task)
+                grad = all_sum(sum(grads[k] for grads in per_task))
             p.grad = grad.clone() if p.grad is None else p.grad + grad
         return projected.norm(dim=1) / shared.norm(dim=1).clamp(min=1e-20)
