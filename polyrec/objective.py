@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from polyrec.config import TaskSpec
-from polyrec.train.distributed import all_sum
+from polyrec.distributed import all_sum
 
 _EPS = 1e-7
 

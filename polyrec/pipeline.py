@@ -8,7 +8,7 @@ from typing import Callable
 from polyrec.config import Config
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.rundir import RunWriter, unfinished
-from polyrec.train import distributed
+from polyrec import distributed
 from polyrec.serve.bundle import read_config, write_bundle, write_json
 
 

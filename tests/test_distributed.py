@@ -21,7 +21,7 @@ METHODS = ["static", "uncertainty", "dwa", "famo", "gradnorm", "mgda_ub", "multi
 SCRIPT = """
 import json, sys
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.train import distributed
+from polyrec import distributed
 from tests.conftest import make_config, make_tables
 out = {}
 for method in sys.argv[2].split(","):

@@ -23,7 +23,7 @@ from polyrec.distill.objective import DistillObjective, ranking_log_score
 from polyrec.errors import ConfigError, DataError
 from polyrec.evaluate.evaluator import predict_logits
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.train import distributed
+from polyrec import distributed
 from polyrec.train.trainer import seed_everything
 
 # text settings that decide what the embeddings are; the student may change the rest (dim, adaptor)

@@ -18,7 +18,7 @@ from polyrec.errors import ConfigError, RunError, TrainingError
 from polyrec.evaluate.evaluator import evaluate, mean_auc
 from polyrec.models.layers import FeatureEmbedding
 from polyrec.objective import Objective
-from polyrec.train import distributed
+from polyrec import distributed
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint
 from polyrec.train.log import TrainLog
 from polyrec.weighting import Weighting
@@ -196,7 +196,7 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
     ``checkpoint``: a file the whole training state is saved to at each epoch's end and every
     ``spec.checkpoint_every`` steps. ``resume``: continue from that file, taking exactly the steps
     the uninterrupted run would have taken. Launched by torchrun, each process trains on its share
-    of every batch (see :mod:`polyrec.train.distributed`).
+    of every batch (see :mod:`polyrec.distributed`).
     """
     seed_everything(spec.seed, spec.threads)
     device = training_device(spec)

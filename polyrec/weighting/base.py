@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from torch import nn
 
-from polyrec.train.distributed import all_sum
+from polyrec.distributed import all_sum
 
 # option types for a method's keyword arguments: they are checked when the config is read
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -37,7 +37,7 @@ class Weighting(nn.Module):
     a method for which such a factor has no meaning sets ``honours_task_weights = False``
     and a config that sets task weights for it is refused.
 
-    Across processes (:mod:`polyrec.train.distributed`), ``losses`` carry the whole batch's values
+    Across processes (:mod:`polyrec.distributed`), ``losses`` carry the whole batch's values
     and a method sums (``all_sum``) any statistic of per-task gradients that is a sum over rows;
     ``sums_gradients``: it also sums the model's gradients itself (else the trainer does).
     """

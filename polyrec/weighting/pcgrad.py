@@ -7,7 +7,7 @@ their own task's gradient. Reported weights: each task's projected / original gr
 """
 import torch
 
-from polyrec.train.distributed import all_sum
+from polyrec.distributed import all_sum
 from polyrec.weighting.base import Weighting
 
 
