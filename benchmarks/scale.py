@@ -1,6 +1,19 @@
-"""Training cost against table size: dense Adam over every embedding row vs sparse updates
-(``train.sparse_embeddings``: SparseAdam on the rows a batch reads), and whether sparse updates
-change accuracy on small data.
+"""Training past one process and one table size, in parts (``--parts``, default all):
+
+- ``sparse``: training cost against table size, dense Adam over every embedding row vs sparse
+  updates (``train.sparse_embeddings``: SparseAdam on the rows a batch reads), and whether sparse
+  updates change accuracy on small data.
+- ``ddp``: ``torchrun --nproc_per_node 2 -m polyrec train`` (gloo, one thread per process) against
+  one process (two threads) with the same global batch, on the ml100k-mt reference rows (MMoE,
+  configs/ml100k_mt.yaml): the largest absolute difference of any test metric, per weighting
+  method, with dropout off and without BatchNorm (each process would normalise its own rows and
+  draw its own dropout), and with the config as it is (static weighting).
+- ``resume``: the same config with ``train.checkpoint_every=50``, run whole and killed (SIGKILL)
+  in the middle of its third epoch then continued with ``polyrec train --resume``.
+- ``bf16``: ``train.precision=bf16`` against fp32 on the same rows, 3 seeds alternating in one
+  process: training samples/s ratio and test AUC differences.
+
+Part ``sparse``:
 
 - ``sparse.by_users``: :func:`polyrec.data.synthetic.synthetic_tables` with 100,000 items, the same
   ``--interactions`` per run (so the same rows per epoch) and 10⁵, 10⁶ (and with ``--users`` 10⁷)
@@ -9,15 +22,21 @@ change accuracy on small data.
 - ``sparse.ml100k``: the quickstart config without text (MovieLens-100K), 3 seeds, dense vs
   sparse: test AUC per task (mean ± std) and the paired difference.
 
-    python benchmarks/scale.py [--users 100000 1000000 10000000] [--interactions 500000]
+    python benchmarks/scale.py [--parts sparse ddp resume bf16] [--users 100000 1000000 10000000]
+                               [--interactions 500000]
 
-Writes benchmarks/results/scale.json (the ``sparse`` key) and prints it.
+Writes the parts' keys into benchmarks/results/scale.json (other keys kept) and prints them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +48,7 @@ from polyrec.data.synthetic import SYNTHETIC_CONFIG, synthetic_tables
 from polyrec.recommender import MultiTaskRecommender
 
 SEEDS = [2024, 2025, 2026]
+MT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ml100k_mt.yaml"
 
 
 def throughput(users: int, interactions: int, sparse: bool) -> dict:
@@ -52,17 +72,12 @@ def ml100k(sparse: bool, seed: int) -> dict:
         {"samples_per_s": rec.result.train_samples_per_s, "best_epoch": rec.result.best_epoch}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
-    parser.add_argument("--interactions", type=int, default=500_000)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    args = parser.parse_args()
+def sparse_part(users_list: list[int], interactions: int) -> dict:
     throughput(10_000, 50_000, False)     # warm-up: the first fit in a process pays for thread pools and allocator
     by_users = []
-    for users in args.users:
+    for users in users_list:
         for sparse in (False, True):
-            by_users.append(throughput(users, args.interactions, sparse))
+            by_users.append(throughput(users, interactions, sparse))
             print(json.dumps(by_users[-1]), flush=True)
     runs = {mode: [ml100k(mode == "sparse", seed) for seed in SEEDS] for mode in ("dense", "sparse")}
     quality = {}
@@ -71,13 +86,126 @@ def main() -> None:
         quality[task] = {"dense": [float(dense.mean()), float(dense.std())],
                          "sparse": [float(sparse.mean()), float(sparse.std())],
                          "paired_difference": [float((sparse - dense).mean()), float((sparse - dense).std())]}
-    result = {"sparse": {"by_users": by_users, "interactions_per_run": args.interactions, "items": 100_000,
-                         "ml100k": {"seeds": SEEDS, "test_auc": quality, "runs": runs}}}
+    return {"by_users": by_users, "interactions_per_run": interactions, "items": 100_000,
+            "ml100k": {"seeds": SEEDS, "test_auc": quality, "runs": runs}}
+
+
+def train_command(out: Path, sets: list[str], processes: int = 1) -> list[str]:
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    return [sys.executable, *launcher, "-m", "polyrec", "train", "-c", str(MT_CONFIG), "-o", str(out),
+            *[a for s in ["train.progress=false", *sets] for a in ("--set", s)]]
+
+
+def train_metrics(out: Path, sets: list[str], processes: int = 1) -> dict:
+    """A `polyrec train` run of the ml100k-mt config in fresh processes; its metrics.json."""
+    subprocess.run(train_command(out, sets, processes), check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "OMP_NUM_THREADS": str(2 // processes)})
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_values(metrics: dict) -> dict[str, float]:
+    """Every test metric of a run (per task and joint; ranking included), flat."""
+    return {f"{task}.{name}": value for task, values in metrics["test"].items() if isinstance(values, dict)
+            for name, value in values.items() if isinstance(value, float)}
+
+
+def max_difference(a: dict, b: dict) -> float:
+    a, b = test_values(a), test_values(b)
+    return max(abs(a[k] - b[k]) for k in a.keys() & b.keys())
+
+
+def ddp_part(folder: Path) -> dict:
+    exact = ["model.dropout=0", "model.batch_norm=false"]
+    methods = []
+    for method, sets in [("static", exact), ("pcgrad", exact), ("multibalance", exact), ("static", [])]:
+        sets = [*sets, f"weighting.method={method}"]
+        key = f"{method}{'' if sets[0] == exact[0] else '+batch_norm+dropout'}"
+        one = train_metrics(folder / f"{key}-1", [*sets, "train.threads=2"])
+        two = train_metrics(folder / f"{key}-2", [*sets, "train.threads=1"], processes=2)
+        methods.append({"method": key, "max_abs_metric_diff": max_difference(one, two),
+                        "epochs": [one["epochs"], two["epochs"]],
+                        "samples_per_s": [one["train_samples_per_s"], two["train_samples_per_s"]],
+                        "test_watch_auc": [one["test"]["watch"]["auc"], two["test"]["watch"]["auc"]]})
+        print(json.dumps(methods[-1]), flush=True)
+    exact_runs = [m for m in methods if "batch_norm" not in m["method"]]
+    return {"max_abs_metric_diff": max(m["max_abs_metric_diff"] for m in exact_runs),
+            "methods": [m["method"] for m in exact_runs], "runs": methods, "processes": 2, "backend": "gloo",
+            "settings": "ml100k-mt, MMoE, global batch 1024; exact runs without dropout and BatchNorm"}
+
+
+def resume_part(folder: Path) -> dict:
+    sets = ["train.checkpoint_every=50"]
+    whole = train_metrics(folder / "whole", sets)
+    killed = folder / "killed"
+    proc = subprocess.Popen(train_command(killed, sets), stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    log = None
+    while proc.poll() is None:   # kill in the middle of the third epoch, after one of its checkpoints
+        logs = list(folder.glob(".killed.partial-*/train_log.jsonl"))
+        if logs and logs[0].read_text().count("\n") >= 2:
+            log = logs[0]
+            written = (log.parent / "checkpoint.pt").stat().st_mtime
+            while proc.poll() is None and (log.parent / "checkpoint.pt").stat().st_mtime == written:
+                time.sleep(0.01)
+            time.sleep(1)
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert log is not None and not killed.exists(), "the run ended before it was killed"
+    from polyrec.train.checkpoint import load_checkpoint
+    position = load_checkpoint(log.parent / "checkpoint.pt")["loop"]
+    subprocess.run([sys.executable, "-m", "polyrec", "train", "--resume", str(killed)], check=True,
+                   stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    resumed = json.loads((killed / "metrics.json").read_text())
+    same_weights = (killed / "model.safetensors").read_bytes() == (folder / "whole" / "model.safetensors").read_bytes()
+    return {"identical": same_weights and test_values(resumed) == test_values(whole),
+            "max_abs_metric_diff": max_difference(whole, resumed), "identical_weights": same_weights,
+            "killed_at": {"epoch": position["epoch"] + 1, "step_in_epoch": position["step"]},
+            "epochs": [whole["epochs"], resumed["epochs"]], "settings": "ml100k-mt, MMoE, checkpoint every 50 steps, 2 threads"}
+
+
+def bf16_part() -> dict:
+    runs = {"fp32": [], "bf16": []}
+    for seed in SEEDS:
+        for precision in runs:
+            config = Config.from_yaml(MT_CONFIG, ["train.progress=false", f"train.seed={seed}",
+                                                  f"train.precision={precision}"])
+            rec = MultiTaskRecommender(config).fit()
+            metrics = rec.evaluate(ranking=False)
+            runs[precision].append({**{t: metrics[t]["auc"] for t in ("watch", "like", "ctcvr")},
+                                    "samples_per_s": rec.result.train_samples_per_s, "best_epoch": rec.result.best_epoch})
+            print(precision, json.dumps(runs[precision][-1]), flush=True)
+    ratio = [b["samples_per_s"] / f["samples_per_s"] for f, b in zip(runs["fp32"], runs["bf16"])]
+    diff = {t: [b[t] - f[t] for f, b in zip(runs["fp32"], runs["bf16"])] for t in ("watch", "like", "ctcvr")}
+    return {"samples_per_s_ratio": [float(np.mean(ratio)), float(np.std(ratio))],
+            "test_auc_difference": {t: [float(np.mean(d)), float(np.std(d))] for t, d in diff.items()},
+            "seeds": SEEDS, "runs": runs, "settings": "ml100k-mt, MMoE, 2 threads, bf16 - fp32 per seed"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", choices=["sparse", "ddp", "resume", "bf16"],
+                        default=["sparse", "ddp", "resume", "bf16"])
+    parser.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--interactions", type=int, default=500_000)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args()
+    result = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for part in args.parts:
+            if part == "sparse":
+                result["sparse"] = sparse_part(args.users, args.interactions)
+            elif part == "ddp":
+                result["ddp"] = ddp_part(Path(folder) / "ddp")
+            elif part == "resume":
+                result["resume"] = resume_part(Path(folder) / "resume")
+            else:
+                result["bf16"] = bf16_part()
+            print(json.dumps({part: result[part]}, indent=1), flush=True)
     path = args.out / "scale.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**old, **result}, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
