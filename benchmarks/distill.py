@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from polyrec.cli import DEFAULT_CONFIG, STUDENT_CONFIG
-from polyrec.config import Config
+from common import quickstart_config
+
+from polyrec.cli import STUDENT_CONFIG
 from polyrec.data.dataset import prepare
 from polyrec.data.sources import load_tables
 from polyrec.distill import distill, student_config
@@ -72,7 +73,7 @@ def main() -> None:
     runs = {m: [] for m in (*MODELS, NEW_ITEMS[0])}
     for seed in [int(s) for s in args.seeds.split(",")]:
         epochs = [f"train.max_epochs={args.max_epochs}"] if args.max_epochs else []
-        cfg = Config.from_yaml(DEFAULT_CONFIG, ["data.cold_items=0.1", f"train.seed={seed}", "train.progress=false",
+        cfg = quickstart_config(["data.cold_items=0.1", f"train.seed={seed}", "train.progress=false",
                                                 *epochs])
         tables = load_tables(cfg.data)
         data = prepare(tables, cfg)

@@ -16,8 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
+from common import quickstart_config
+
 from polyrec.cli import DEFAULT_CONFIG
-from polyrec.config import Config
 from polyrec.evaluate.evaluator import evaluate_ranking
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.serve.rerank import Diversity
@@ -34,7 +35,7 @@ def main() -> None:
     if args.run is not None:
         rec = MultiTaskRecommender.load(args.run)
     else:
-        rec = MultiTaskRecommender(Config.from_yaml(DEFAULT_CONFIG, ["train.progress=false"])).fit()
+        rec = MultiTaskRecommender(quickstart_config(["train.progress=false"])).fit()
     space, measured = rec.diversity_vectors(), rec.field_vectors()
     rows = []
     for lam in LAMBDAS:

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import torch
-from common import load_prepared, select_tasks
+from common import load_prepared, quickstart_config, select_tasks
 
-from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
 from polyrec.models.network import model_for
 from polyrec.recommender import MultiTaskRecommender
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    base = select_tasks(Config.from_yaml(DEFAULT_CONFIG, ["train.progress=false"]), ["watch", "like"])
+    base = select_tasks(quickstart_config(["train.progress=false"]), ["watch", "like"])
     torch.set_num_threads(base.train.threads or 2)
     data = load_prepared(base)
     data = data.with_text(encode_text(base.text, data.user_table, data.item_table, data.train_history, False))

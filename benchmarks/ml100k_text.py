@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import flat_metrics, select_tasks
+from common import MEASURED_WITH, flat_metrics, select_tasks
 
 from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     args = parser.parse_args(argv)
 
-    base = Config.from_yaml(args.config, ["data.cold_items=0.1"])
+    base = Config.from_yaml(args.config, [*(MEASURED_WITH if args.config == DEFAULT_CONFIG else []),
+                                          "data.cold_items=0.1"])
     if base.text is None:
         raise SystemExit(f"{args.config} has no text section to compare against")
     torch.set_num_threads(base.train.threads or 2)

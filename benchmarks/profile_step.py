@@ -17,12 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import load_prepared, protocol_config
+from common import load_prepared, protocol_config, quickstart_config
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from polyrec.cli import DEFAULT_CONFIG
-from polyrec.config import Config
 from polyrec.models.network import model_for
 from polyrec.objective import Objective
 from polyrec.train.trainer import make_optimizer, seed_everything
@@ -63,7 +61,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
 
-    cfg = protocol_config(Config.from_yaml(DEFAULT_CONFIG), args.arch, 1)   # ID features only
+    cfg = protocol_config(quickstart_config(), args.arch, 1)   # ID features only
     seed_everything(cfg.train.seed, cfg.train.threads)
     data = load_prepared(cfg)
     model = model_for(cfg, data).train()

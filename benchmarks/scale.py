@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from polyrec.cli import DEFAULT_CONFIG
+from common import quickstart_config
+
 from polyrec.config import Config
 from polyrec.data.synthetic import SYNTHETIC_CONFIG, synthetic_tables
 from polyrec.recommender import MultiTaskRecommender
@@ -64,7 +65,7 @@ def throughput(users: int, interactions: int, sparse: bool) -> dict:
 
 
 def ml100k(sparse: bool, seed: int) -> dict:
-    config = Config.from_yaml(DEFAULT_CONFIG, ["text=null", "train.progress=false", f"train.seed={seed}",
+    config = quickstart_config(["text=null", "train.progress=false", f"train.seed={seed}",
                                                f"train.sparse_embeddings={str(sparse).lower()}"])
     rec = MultiTaskRecommender(config).fit()
     metrics = rec.evaluate(ranking=False)

@@ -43,7 +43,8 @@ import httpx
 import numpy as np
 import torch
 
-from polyrec.cli import DEFAULT_CONFIG
+from common import quickstart_config
+
 from polyrec.config import Config
 from polyrec.data.synthetic import SYNTHETIC_CONFIG, synthetic_tables
 from polyrec.evaluate.evaluator import predict_logits
@@ -51,7 +52,7 @@ from polyrec.recommender import MultiTaskRecommender
 
 
 def train_run(folder: Path) -> Path:
-    config = Config.from_yaml(DEFAULT_CONFIG, ["text=null", "train.max_epochs=2", "train.progress=false"])
+    config = quickstart_config(["text=null", "train.max_epochs=2", "train.progress=false"])
     return MultiTaskRecommender(config).fit().save(folder / "run")
 
 

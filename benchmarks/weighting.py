@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import flat_metrics, load_prepared, protocol_config, training_steps
+from common import flat_metrics, load_prepared, protocol_config, quickstart_config, training_steps
 
-from polyrec.cli import DEFAULT_CONFIG
 from polyrec.config import Config
 from polyrec.data.dataset import PreparedData
 from polyrec.recommender import MultiTaskRecommender
@@ -137,7 +136,7 @@ def main() -> None:
     path = args.out / "weighting.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     runs, speed = saved.get("runs", {}), saved.get("speed", {})
-    base = protocol_config(Config.from_yaml(DEFAULT_CONFIG), "mmoe", args.max_epochs)
+    base = protocol_config(quickstart_config(), "mmoe", args.max_epochs)
     data = load_prepared(base)
 
     def write() -> None:
