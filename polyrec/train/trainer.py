@@ -237,7 +237,8 @@ def _train(model: torch.nn.Module, objective: Objective, weighting: Weighting, t
             def after_step(step: int, losses: list[float], weights: list[float]) -> None:
                 state.step_losses.append(losses)
                 state.step_weights.append(weights)
-                if checkpoint is not None and spec.checkpoint_every and len(state.step_losses) % spec.checkpoint_every == 0:
+                every = spec.checkpoint_every
+                if checkpoint is not None and every and len(state.step_losses) % every == 0:
                     state.step, state.epoch_seconds = step, time.perf_counter() - began
                     if log is not None:
                         log.flush()
