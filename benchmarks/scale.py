@@ -152,6 +152,9 @@ def ddp_part(folder: Path) -> dict:
 
 
 def resume_part(folder: Path) -> dict:
+    from polyrec.rundir import CHECKPOINT
+    from polyrec.train.checkpoint import load_checkpoint
+
     sets = ["train.checkpoint_every=50"]
     whole = train_metrics(folder / "whole", sets)
     killed = folder / "killed"
@@ -161,8 +164,8 @@ def resume_part(folder: Path) -> dict:
         logs = list(folder.glob(".killed.partial-*/train_log.jsonl"))
         if logs and logs[0].read_text().count("\n") >= 2:
             log = logs[0]
-            written = (log.parent / "checkpoint.pt").stat().st_mtime
-            while proc.poll() is None and (log.parent / "checkpoint.pt").stat().st_mtime == written:
+            written = (log.parent / CHECKPOINT).stat().st_mtime
+            while proc.poll() is None and (log.parent / CHECKPOINT).stat().st_mtime == written:
                 time.sleep(0.01)
             time.sleep(1)
             break
@@ -170,8 +173,7 @@ def resume_part(folder: Path) -> dict:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert log is not None and not killed.exists(), "the run ended before it was killed"
-    from polyrec.train.checkpoint import load_checkpoint
-    position = load_checkpoint(log.parent / "checkpoint.pt")["loop"]
+    position = load_checkpoint(log.parent / CHECKPOINT)["loop"]
     subprocess.run([sys.executable, "-m", "polyrec", "train", "--resume", str(killed)], check=True,
                    stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"})
     resumed = json.loads((killed / "metrics.json").read_text())

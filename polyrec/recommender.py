@@ -26,7 +26,7 @@ from polyrec.errors import DataError, RunError
 from polyrec.evaluate.evaluator import evaluate, predict_logits
 from polyrec.models.network import MultiTaskModel, model_for
 from polyrec.objective import Objective
-from polyrec.rundir import RunWriter
+from polyrec.rundir import CHECKPOINT, RunWriter
 from polyrec.serve.bundle import (
     Bundle,
     check_model_source,
@@ -37,7 +37,6 @@ from polyrec.serve.bundle import (
 from polyrec.serve.explain import attended_items, nearest_items
 from polyrec.serve.rerank import Diversity, Exposure, field_vectors, fuse, topk_items
 from polyrec.text.inputs import UserTextLayout, encode_text
-from polyrec.train.checkpoint import CHECKPOINT
 from polyrec.train.log import TrainLog
 from polyrec.train.trainer import TrainResult, seed_everything, train
 from polyrec.weighting import build_weighting

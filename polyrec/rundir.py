@@ -33,7 +33,7 @@ RUN_ENTRIES = frozenset({MARKER, *CORE_FILES, "text.safetensors", "history.parqu
                          "train_log.jsonl", "train_steps.jsonl", "tensorboard", "weighting.png",
                          "added_items.jsonl", "model.onnx", "items.faiss"})
 EVIDENCE = "train_log.jsonl"
-CHECKPOINT = "checkpoint.pt"   # the training state (polyrec.train.checkpoint): only in unfinished runs
+CHECKPOINT = "checkpoint.pt"   # the training state (polyrec.train.checkpoint), kept in unfinished runs only
 log = logging.getLogger("polyrec")
 
 

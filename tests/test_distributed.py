@@ -16,22 +16,26 @@ from tests.conftest import make_config, make_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["static", "uncertainty", "dwa", "famo", "gradnorm", "mgda_ub", "multibalance", "pcgrad"]
-# BatchNorm normalises each process's rows by their own statistics (SyncBatchNorm is GPU-only),
-# so the comparison that must be exact runs without it; DWA's window is shortened so that it moves
 SCRIPT = """
 import json, sys
 from polyrec.recommender import MultiTaskRecommender
 from polyrec import distributed
-from tests.conftest import make_config, make_tables
+from tests.conftest import make_tables
+from tests.test_distributed import config_for
 out = {}
 for method in sys.argv[2].split(","):
-    options = {"window": 4} if method == "dwa" else {}
-    config = make_config(weighting__method=method, model__batch_norm=False, weighting__options=options or "{}")
-    result = MultiTaskRecommender(config).fit(make_tables()).result
+    result = MultiTaskRecommender(config_for(method)).fit(make_tables()).result
     out[method] = {"losses": result.step_losses, "weights": result.step_weights, "valid": result.best_valid}
 if distributed.rank() == 0:
     json.dump(out, open(sys.argv[1], "w"))
 """
+
+
+# BatchNorm normalises each process's rows by their own statistics (SyncBatchNorm is GPU-only),
+# so the comparison that must be exact runs without it; DWA's window is shortened so that it moves
+def config_for(method: str):
+    return make_config(weighting__method=method, model__batch_norm=False,
+                       weighting__options="{window: 4}" if method == "dwa" else "{}")
 
 
 def torchrun(*args, cwd=ROOT):
@@ -47,9 +51,7 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "out.json").read_text())
     for method in METHODS:
-        options = {"window": 4} if method == "dwa" else {}
-        config = make_config(weighting__method=method, model__batch_norm=False, weighting__options=options or "{}")
-        one = MultiTaskRecommender(config).fit(make_tables()).result
+        one = MultiTaskRecommender(config_for(method)).fit(make_tables()).result
         assert len(two[method]["losses"]) == len(one.step_losses) > 10, method
         np.testing.assert_allclose(two[method]["losses"], one.step_losses, rtol=1e-4, atol=1e-5, err_msg=method)
         np.testing.assert_allclose(two[method]["weights"], one.step_weights, rtol=1e-4, atol=1e-5, err_msg=method)

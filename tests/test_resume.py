@@ -14,7 +14,8 @@ from polyrec.cli import app
 from polyrec.config import Config
 from polyrec.errors import RunError
 from polyrec.pipeline import resume_run, train_run
-from polyrec.train.checkpoint import CHECKPOINT, load_checkpoint
+from polyrec.rundir import CHECKPOINT
+from polyrec.train.checkpoint import load_checkpoint
 from tests.conftest import make_tables
 from tests.test_end_to_end import _write_own_data
 

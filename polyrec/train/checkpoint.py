@@ -17,8 +17,6 @@ import torch
 
 from polyrec.errors import RunError
 
-CHECKPOINT = "checkpoint.pt"
-
 
 def save_checkpoint(path: Path, state: dict) -> None:
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")

@@ -96,12 +96,13 @@ def train_step(model: torch.nn.Module, objective: Objective, weighting: Weightin
     autocast); returns (task losses [T], task weights [T])."""
     with torch.autocast(next(model.parameters()).device.type, torch.bfloat16, enabled=bf16):
         losses, shared = objective.batch_losses(model, data, distributed.shard(idx))
-    weights = weighting.backward(distributed.global_losses(losses), shared, model)
+    losses = distributed.global_losses(losses)   # the whole batch's values (this process's gradients)
+    weights = weighting.backward(losses, shared, model)
     if not weighting.sums_gradients:
         distributed.sum_gradients(model.parameters())
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return distributed.all_sum(losses.detach()), weights.detach()
+    return losses.detach(), weights.detach()
 
 
 def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: Optimizers,
