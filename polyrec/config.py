@@ -129,6 +129,10 @@ class DataSpec(_Strict):
     # included) and reported apart on test: a share of the catalog (seeded by data.seed), a list
     # of item ids, or a file of ids (one per line, or a CSV/Parquet with the item column).
     cold_items: Annotated[float, Field(ge=0, lt=1)] | list[str] | str = 0.0
+    # Read data.train (a Parquet file or a folder of them) from disk in every epoch instead of
+    # holding it in memory (polyrec.data.stream); valid and test stay in memory
+    streaming: bool = False
+    shuffle_buffer: int = Field(262_144, ge=0)   # streamed rows shuffled together (0: file order)
 
     @field_validator("cold_items", mode="before")
     @classmethod
@@ -156,6 +160,9 @@ class DataSpec(_Strict):
             if self.items is not None or self.title_col is not None or self.cold_items != 0.0:
                 raise ValueError("data.item_col is null (no items): remove data.items, data.title_col and "
                                  "data.cold_items")
+        if self.streaming and (not sources[2] or Path(self.train).suffix.lower() not in ("", ".parquet")):
+            raise ValueError("data.streaming reads the training rows from Parquet: give the split as files, "
+                             "data.train a .parquet file or a folder of them (and data.valid, data.test)")
         return self
 
 
@@ -405,6 +412,16 @@ class Config(_Strict):
                 if self.cold_start.method == "dropout" and not self.model.oov_dropout.get(feature):
                     raise ValueError(f"cold_start.method 'dropout' learns from rows whose ID is hidden: set "
                                      f"model.oov_dropout: {{{feature}: 0.1}} (or use method 'align')")
+        if self.data.streaming:
+            needs_all_rows = {"history": self.history, "stats": self.stats, "cold_start": self.cold_start,
+                              "retrieval": self.retrieval, "distill": self.distill,
+                              "text.user_history": self.text and self.text.user_history,
+                              "eval.ranking": self.eval.ranking, "data.cold_items": self.data.cold_items}
+            used = [name for name, value in needs_all_rows.items() if value]
+            if used:
+                raise ValueError(f"data.streaming keeps no training row in memory, and {used} read(s) every "
+                                 "training interaction: turn them off (eval.ranking: false; AUC and logloss on "
+                                 "the valid and test rows still run) or train in memory")
         if self.eval.rank_by is not None and self.eval.rank_by not in by_name:
             raise ValueError(f"eval.rank_by: '{self.eval.rank_by}' is not a task ({names})")
         if self.retrieval is not None:

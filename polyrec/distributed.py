@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -82,6 +83,20 @@ def global_losses(losses: torch.Tensor) -> torch.Tensor:
 def shard(rows: torch.Tensor) -> torch.Tensor:
     """This rank's share of a global batch's ``rows``."""
     return rows[dist.get_rank()::dist.get_world_size()] if active() else rows
+
+
+def together(batches: Iterator) -> Iterator:
+    """``batches`` while every rank still has one: ranks that read their own files may hold different
+    numbers of batches, and a collective call needs them all."""
+    if not active():
+        yield from batches
+        return
+    batches = iter(batches)
+    while True:
+        batch = next(batches, None)
+        if int(all_sum(torch.tensor([batch is None], dtype=torch.int32))):
+            return
+        yield batch
 
 
 def sum_gradients(parameters) -> None:

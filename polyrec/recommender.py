@@ -98,8 +98,8 @@ class MultiTaskRecommender:
             from polyrec.text.lora import LoraItemEncoder
             item_encoder = LoraItemEncoder.for_catalog(cfg.text, data.text.item_texts, data.text.item_whitening)
         self.model = model_for(cfg, data, item_encoder)
-        labels = data.train.labels
-        self.model.set_output_bias([float(np.nanmean(labels[:, t].numpy())) if task.kind == "regression" else None
+        means = data.train.label_means()
+        self.model.set_output_bias([float(means[t]) if task.kind == "regression" else None
                                     for t, task in enumerate(cfg.tasks)])
         weighting = build_weighting(cfg.weighting, cfg.tasks)
         log = TrainLog(log_dir, self.objective.names, cfg.weighting.method) if log_dir is not None else None

@@ -5,13 +5,16 @@ gathers (user rows, item rows) inside the model, with no per-row Python work.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
+from polyrec import distributed
 from polyrec.config import Config, FeatureSpec
 from polyrec.data.features import EncodedSide, FeatureEncoder
 from polyrec.data.history import EventLog, Histories, feedback_features, statistics
@@ -40,9 +43,30 @@ class Samples:
     labels: torch.Tensor  # [N, T] float32
     history: torch.Tensor | None = None  # [N, 2] int64 (start, end)
     stats: torch.Tensor | None = None    # [N, S] float32
+    per_process: ClassVar[bool] = False  # under torchrun every process sees every batch and takes its share
 
     def __len__(self) -> int:
         return len(self.user)
+
+    def entities(self) -> tuple[np.ndarray, np.ndarray]:
+        """Catalog indices of the users and items these rows show."""
+        return np.unique(self.user.numpy()), np.unique(self.item.numpy())
+
+    def label_means(self) -> np.ndarray:
+        """[T] each task's mean label over the rows that have one."""
+        return torch.nanmean(self.labels, 0).numpy()
+
+    def n_batches(self, batch_size: int) -> int:
+        # BatchNorm cannot train on a single row: a trailing batch that would give a process one row is dropped
+        return len(self) // batch_size + int(len(self) % batch_size >= 2 * distributed.world_size())
+
+    def batches(self, batch_size: int, generator: torch.Generator, start: int = 0) -> Iterator[
+            tuple[Samples, torch.Tensor]]:
+        """One epoch of (these rows, a batch's indices) in an order drawn from ``generator``, from
+        batch ``start`` on (the order is drawn as for a whole pass)."""
+        order = torch.randperm(len(self), generator=generator)
+        for step in range(start, self.n_batches(batch_size)):
+            yield self, order[step * batch_size:(step + 1) * batch_size]
 
     def context(self, rows: torch.Tensor | slice | None = None) -> dict[str, torch.Tensor]:
         """What the model reads besides (user, item) for ``rows`` (all rows when None): keyword
@@ -160,8 +184,8 @@ class PreparedData:
     def with_features(self, features: list[FeatureSpec]) -> PreparedData:
         """Feature vocabularies fitted on the users and items of the training rows (an ID no
         training row shows maps to OOV), and both tables encoded with them."""
-        encoder = FeatureEncoder(features).fit(self.user_table.iloc[np.unique(self.train.user.numpy())],
-                                               self.item_table.iloc[np.unique(self.train.item.numpy())])
+        users, items = self.train.entities()
+        encoder = FeatureEncoder(features).fit(self.user_table.iloc[users], self.item_table.iloc[items])
         data = replace(self, encoder=encoder, users=encoder.transform(self.user_table, "user"),
                        items=encoder.transform(self.item_table, "item"))
         return data.with_text(self.text) if self.text is not None else data
@@ -192,8 +216,14 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     is every row of a derived split; of given rows, those where the first binary task without a
     parent is 1 (the others, e.g. pre-drawn negatives, are scored but never excluded).
     """
-    tables = validate(tables, config)
     spec, tasks = config.data, config.tasks
+    found = None
+    if spec.streaming:
+        from polyrec.data import stream   # it builds on this module's rows
+        found, given = stream.scan(config), tables
+        tables = stream.with_streamed_ids(validate(tables, config), found, config, given)
+    else:
+        tables = validate(tables, config)
     item_col = item_column(spec)
     users = tables.users.iloc[_id_order(tables.users[spec.user_col])].reset_index(drop=True)
     items = tables.items.iloc[_id_order(tables.items[item_col])].reset_index(drop=True)
@@ -218,7 +248,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     user, item, time, labels, split, positive = (a[~held_out] if a is not None else None
                                                  for a in (user, item, time, labels, split, positive))
     for name, code in SPLITS.items():
-        if not (split == code).any():
+        if not (split == code).any() and not (code == TRAIN and found is not None):
             raise DataError(f"the {name} split is empty: {len(inter)} interactions of {len(catalog.user_ids)} users "
                             f"under split '{spec.split.method}'; add data or change data.split")
 
@@ -260,7 +290,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
             stats = torch.from_numpy(statistics(log, u, i, t, config.stats.window, config.stats.shrinkage))
         return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y), spans, stats)
 
-    train = samples_of(TRAIN)
+    train = samples_of(TRAIN) if found is None else stream.TrainStream(config, found, catalog, interacted)
 
     def eval_of(code: int) -> EvalData:
         rows, earlier = (split == code) & positive, (split < code) & positive

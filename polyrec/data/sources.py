@@ -65,14 +65,16 @@ def load_tables(spec: DataSpec) -> Tables:
 
 
 def read_split_files(spec: DataSpec) -> pd.DataFrame:
-    """``data.train``, ``valid`` and ``test`` as one interactions table, each row's file in the split column."""
-    frames = {name: read_table(getattr(spec, name), f"{name} rows") for name in ("train", "valid", "test")}
-    columns = list(frames["train"].columns)
+    """``data.train``, ``valid`` and ``test`` as one interactions table, each row's file in the split column
+    (with ``data.streaming``, valid and test only: the training rows are read as they are trained on)."""
+    names = ("valid", "test") if spec.streaming else ("train", "valid", "test")
+    frames = {name: read_table(getattr(spec, name), f"{name} rows") for name in names}
+    columns = list(frames[names[0]].columns)
     for name, frame in frames.items():
         if spec.split.column in frame.columns:
             raise DataError(f"{name} rows file {getattr(spec, name)} has a column '{spec.split.column}', the name "
                             "polyrec gives the split; rename it or set data.split.column")
         if set(frame.columns) != set(columns):
             raise DataError(f"{name} rows file {getattr(spec, name)} has columns {sorted(frame.columns)} but the "
-                            f"train file has {sorted(columns)}; give the three files the same columns")
+                            f"{names[0]} file has {sorted(columns)}; give the files the same columns")
     return pd.concat([frame.assign(**{spec.split.column: name}) for name, frame in frames.items()], ignore_index=True)

@@ -5,6 +5,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from polyrec import distributed
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint
 from polyrec.train.log import TrainLog
 from polyrec.weighting import Weighting
+
+if TYPE_CHECKING:
+    from polyrec.data.stream import TrainStream
 
 
 @dataclass
@@ -94,8 +98,9 @@ def train_step(model: torch.nn.Module, objective: Objective, weighting: Weightin
                data: Samples, idx: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the rows ``idx`` of ``data`` (``bf16``: the forward pass under bfloat16
     autocast); returns (task losses [T], task weights [T])."""
+    rows = idx if data.per_process else distributed.shard(idx)
     with torch.autocast(next(model.parameters()).device.type, torch.bfloat16, enabled=bf16):
-        losses, shared = objective.batch_losses(model, data, distributed.shard(idx))
+        losses, shared = objective.batch_losses(model, data, rows)
     losses = distributed.global_losses(losses)   # the whole batch's values (this process's gradients)
     weights = weighting.backward(losses, shared, model)
     if not weighting.sums_gradients:
@@ -106,26 +111,23 @@ def train_step(model: torch.nn.Module, objective: Objective, weighting: Weightin
 
 
 def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: Optimizers,
-              data: Samples, batch_size: int, generator: torch.Generator, progress: str | None = None,
+              data: Samples | TrainStream, batch_size: int, generator: torch.Generator, progress: str | None = None,
               log: TrainLog | None = None, start: int = 0,
               after_step: Callable[[int, list[float], list[float]], None] | None = None, bf16: bool = False):
-    """One pass over ``data`` in shuffled batches taken by index from whole tensors, from batch
-    ``start`` on (the shuffle is drawn from ``generator`` as for a whole pass);
-    ``after_step(steps done, task losses, task weights)`` is called after each step.
+    """One pass over ``data`` (in-memory :class:`Samples` or a streamed
+    :class:`~polyrec.data.stream.TrainStream`) in shuffled batches drawn from ``generator``, from
+    batch ``start`` on; ``after_step(steps done, task losses, task weights)`` is called after each step.
 
     Returns (task losses [steps, T], task weights [steps, T], seconds).
     """
     model.train()
-    n = len(data)
-    # BatchNorm cannot train on a single row: a trailing batch that would give a process one row is dropped
-    n_batches = n // batch_size + int(n % batch_size >= 2 * distributed.world_size())
-    order = torch.randperm(n, generator=generator)
     step_losses, step_weights = [], []
-    bar = tqdm(range(start, n_batches), desc=progress, disable=progress is None, leave=False, mininterval=0.5)
+    batches = distributed.together(data.batches(batch_size, generator, start))
+    bar = tqdm(batches, desc=progress, disable=progress is None, leave=False, mininterval=0.5,
+               total=data.n_batches(batch_size) - start)
     began = time.perf_counter()
-    for step in bar:
-        losses, weights = train_step(model, objective, weighting, optimizer, data,
-                                     order[step * batch_size:(step + 1) * batch_size], bf16)
+    for step, (batch, rows) in enumerate(bar, start):
+        losses, weights = train_step(model, objective, weighting, optimizer, batch, rows, bf16)
         step_losses.append(losses.tolist())
         step_weights.append(weights.tolist())
         if log is not None:
@@ -185,7 +187,7 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: Optimizers, weightin
     return state
 
 
-def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples,
+def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples | TrainStream,
           valid: EvalData, n_items: int, spec: TrainSpec, log: TrainLog | None = None,
           on_epoch: Callable[[dict], None] | None = None, checkpoint: Path | None = None,
           resume: bool = False) -> TrainResult:
@@ -218,7 +220,7 @@ def train(model: torch.nn.Module, objective: Objective, weighting: Weighting, tr
                        float(np.median(steady)), state.step_losses, state.step_weights)
 
 
-def _train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples,
+def _train(model: torch.nn.Module, objective: Objective, weighting: Weighting, train_data: Samples | TrainStream,
            valid: EvalData, n_items: int, spec: TrainSpec, log: TrainLog | None,
            on_epoch: Callable[[dict], None] | None, checkpoint: Path | None, resume: bool) -> LoopState:
     with sparse_embeddings(model, spec.sparse_embeddings) as sparse:

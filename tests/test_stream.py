@@ -1,0 +1,170 @@
+"""Streaming training rows from Parquet (data.streaming): the same rows, vocabularies and checks as
+in memory, a bounded shuffle, negatives drawn on the fly, and one process or several."""
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from polyrec.config import Config
+from polyrec.data.dataset import prepare
+from polyrec.data.sources import load_tables
+from polyrec.data.synthetic import SYNTHETIC_CONFIG, synthetic_tables
+from polyrec.data.tables import Tables
+from polyrec.errors import DataError
+from polyrec.recommender import MultiTaskRecommender
+from tests.conftest import make_config, make_tables
+from tests.test_distributed import torchrun
+
+
+def write_split(folder, tables=None, row_group_size=40):
+    """``tables`` (make_tables()) with each user's last row as test and the one before as valid; the
+    training rows as a folder of two Parquet files (several row groups each). Returns the rows with
+    a split column."""
+    tables = tables or make_tables()
+    inter = tables.interactions.sort_values(["user", "ts"], kind="stable").reset_index(drop=True)
+    last = inter.groupby("user").cumcount(ascending=False)
+    inter["split"] = np.select([last == 0, last == 1], ["test", "valid"], "train")
+    train = inter[inter["split"] == "train"].drop(columns="split")
+    (folder / "train").mkdir()
+    half = len(train) // 2
+    for k, part in enumerate((train[:half], train[half:])):
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), folder / "train" / f"part-{k}.parquet",
+                       row_group_size=row_group_size)
+    for name in ("valid", "test"):
+        inter[inter["split"] == name].drop(columns="split").to_parquet(folder / f"{name}.parquet", index=False)
+    tables.users.to_parquet(folder / "users.parquet", index=False)
+    tables.items.to_parquet(folder / "items.parquet", index=False)
+    return Tables(inter, tables.users, tables.items)
+
+
+def stream_config(folder, **changes) -> Config:
+    files = {f"data__{name}": folder / (name if name == "train" else f"{name}.parquet")
+             for name in ("train", "valid", "test", "users", "items")}
+    return make_config(**{"data__interactions": "null", "data__streaming": "true", "eval__ranking": "false",
+                          **files, **changes})
+
+
+def memory_config(**changes) -> Config:
+    return make_config(data__split__method="column", eval__ranking="false", **changes)
+
+
+def epoch(data, batch_size=64, seed=0, start=0):
+    return list(data.train.batches(batch_size, torch.Generator().manual_seed(seed), start))
+
+
+def rows_of(batches):
+    return (torch.cat([b.user for b, _ in batches]), torch.cat([b.item for b, _ in batches]),
+            torch.cat([b.labels for b, _ in batches]))
+
+
+def test_unshuffled_stream_is_the_in_memory_training_rows_in_file_order(tmp_path):
+    tables = write_split(tmp_path)
+    streamed = prepare(load_tables(stream_config(tmp_path).data), stream_config(
+        tmp_path, data__shuffle_buffer=0, data__negatives__per_positive=0))
+    memory = prepare(tables, memory_config(data__negatives__per_positive=0))
+    user, item, labels = rows_of(epoch(streamed, batch_size=50))
+    assert len(user) == len(memory.train) == len(streamed.train) == 240
+    assert torch.equal(user, memory.train.user) and torch.equal(item, memory.train.item)
+    torch.testing.assert_close(labels, memory.train.labels, equal_nan=True)
+    # the same vocabularies and encoded tables: fitted on the same training users and items
+    for side in ("users", "items"):
+        a, b = getattr(streamed, side), getattr(memory, side)
+        assert torch.equal(a.cat, b.cat) and torch.equal(a.num, b.num)
+        assert all(torch.equal(x, y) for x, y in zip(a.multi, b.multi))
+    assert np.allclose(streamed.train.label_means(), memory.train.label_means(), equal_nan=True)
+
+
+def test_shuffled_stream_sees_every_row_once_per_epoch_and_replays_from_its_generator(tmp_path):
+    write_split(tmp_path)
+    cfg = stream_config(tmp_path, data__shuffle_buffer=64, data__negatives__per_positive=0)
+    data = prepare(load_tables(cfg.data), cfg)
+    plain = prepare(load_tables(cfg.data), cfg.with_overrides(["data.shuffle_buffer=0"]))
+    key = lambda u, i, y: sorted(zip(u.tolist(), i.tolist(), y.nan_to_num(-1).tolist()))  # noqa: E731
+    first, again, other = epoch(data), epoch(data), epoch(data, seed=1)
+    assert key(*rows_of(first)) == key(*rows_of(epoch(plain)))
+    assert not torch.equal(rows_of(first)[0], rows_of(epoch(plain))[0])          # shuffled
+    assert not torch.equal(rows_of(first)[0], rows_of(other)[0])                 # by the generator
+    assert all(torch.equal(a.user, b.user) for (a, _), (b, _) in zip(first, again))
+    tail = epoch(data, start=2)                                                  # a resumed epoch
+    assert len(tail) == len(first) - 2 and torch.equal(tail[0][0].item, first[2][0].item)
+    assert [len(b) for b, _ in first] == [64, 64, 64, 48]
+
+
+def test_negatives_are_drawn_on_the_fly_away_from_known_interactions(tmp_path):
+    tables = write_split(tmp_path)
+    cfg = stream_config(tmp_path, data__negatives__per_positive=3)
+    data = prepare(load_tables(cfg.data), cfg)
+    user, item, labels = rows_of(epoch(data))
+    negative = labels[:, 0] == 0
+    assert len(data.train) == len(user) == 4 * 240 and int(negative.sum()) == 3 * 240
+    assert torch.isnan(labels[negative, 1:]).all()   # a negative has no buy or stars
+    inter = tables.interactions
+    known = set(zip(inter["user"].map(data.catalog.user_index), inter["item"].map(data.catalog.item_index)))
+    # every rows group is read whole here, so a user's training interactions there are avoided too;
+    # the rest of the user's training interactions may be drawn (they are not in memory)
+    held = set(zip(inter.loc[inter["split"] != "train", "user"].map(data.catalog.user_index),
+                   inter.loc[inter["split"] != "train", "item"].map(data.catalog.item_index)))
+    pairs = set(zip(user[negative].tolist(), item[negative].tolist()))
+    assert not pairs & held
+    assert len(pairs & known) < 0.05 * len(pairs)
+    assert not torch.equal(rows_of(epoch(data, seed=1))[1], item)   # new draws each epoch
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f.drop(columns="buy"), "missing column(s) ['buy']"),
+    (lambda f: f.assign(click=f["click"].where(f.index != 7, np.nan)), "is NaN at rows 7"),
+    (lambda f: f.assign(user=f["user"].where(f.index != 3, "stranger")), "missing from the users table"),
+])
+def test_bad_training_rows_are_named_by_file_column_and_row(tmp_path, damage, message):
+    write_split(tmp_path)
+    path = tmp_path / "train" / "part-1.parquet"
+    frame = pd.read_parquet(path)
+    damage(frame).to_parquet(path, index=False)
+    cfg = stream_config(tmp_path)
+    with pytest.raises(DataError) as err:
+        prepare(load_tables(cfg.data), cfg)
+    assert message in str(err.value) and ("part-1.parquet" in str(err.value) or "stranger" in str(err.value))
+
+
+def test_corrupt_parquet_and_settings_that_need_every_row_are_refused(tmp_path):
+    write_split(tmp_path)
+    (tmp_path / "train" / "part-1.parquet").write_bytes(b"PAR1 not really")
+    cfg = stream_config(tmp_path)
+    with pytest.raises(DataError, match="cannot be read as Parquet"):
+        prepare(load_tables(cfg.data), cfg)
+    with pytest.raises(ValueError, match="data.streaming keeps no training row in memory.*eval.ranking"):
+        stream_config(tmp_path, eval__ranking="true")
+    with pytest.raises(ValueError, match="Parquet"):
+        make_config(data__interactions="null", data__streaming="true", data__train="rows.csv",
+                    data__valid="v.csv", data__test="t.csv", eval__ranking="false")
+
+
+def test_streamed_training_reaches_the_quality_of_training_in_memory(tmp_path):
+    tables = write_split(tmp_path, synthetic_tables(1500, 300, 30_000, n_topics=10, seed=3), row_group_size=5000)
+    raw = {**SYNTHETIC_CONFIG, "train": {**SYNTHETIC_CONFIG["train"], "max_epochs": 2, "batch_size": 1024}}
+    files = {name: str(tmp_path / (name if name == "train" else f"{name}.parquet"))
+             for name in ("train", "valid", "test", "users", "items")}
+    streamed = Config.from_dict({**raw, "data": {**raw["data"], "interactions": None, **files, "streaming": True}})
+    memory = Config.from_dict({**raw, "data": {**raw["data"], "split": {"method": "column"}}})
+    auc = {}
+    for name, cfg, given in (("streamed", streamed, None), ("memory", memory, tables)):
+        rec = MultiTaskRecommender(cfg).fit(given)
+        assert rec.result.epochs == 2 and rec.result.train_samples_per_s > 0
+        auc[name] = rec.evaluate()["click"]["auc"]
+    assert auc["streamed"] > 0.75 and abs(auc["streamed"] - auc["memory"]) < 0.02, auc
+
+
+def test_two_processes_each_read_their_own_row_groups(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_split(tmp_path / "data")
+    cfg = stream_config(tmp_path / "data", train__max_epochs=2)
+    path = tmp_path / "stream.yaml"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    done = torchrun("-m", "polyrec", "train", "-c", path, "-o", tmp_path / "runs" / "two", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "two" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 0 <= metrics["test"]["click"]["auc"] <= 1
