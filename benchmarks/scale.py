@@ -10,8 +10,17 @@
   draw its own dropout), and with the config as it is (static weighting).
 - ``resume``: the same config with ``train.checkpoint_every=50``, run whole and killed (SIGKILL)
   in the middle of its third epoch then continued with ``polyrec train --resume``.
+- ``streaming``: ``data.streaming`` (training rows read from Parquet in every epoch) at 1M, 10M
+  and 50M training samples per epoch (``--stream-rows``), and in memory at the smallest size.
 - ``bf16``: ``train.precision=bf16`` against fp32 on the same rows, 3 seeds (``--bf16-seeds``)
   alternating in one process: training samples/s ratio and test AUC differences.
+
+Part ``streaming``: :func:`polyrec.data.synthetic.write_synthetic_split` with 100,000 users and
+50,000 items writes the training interactions as Parquet files of 200,000 rows; a size of N
+samples is the first N/5 interactions (4 negatives per interaction drawn on the fly), so every
+size has the same tables and vocabularies. Each run is a fresh process (MMoE, IDs and fields,
+one epoch, batch 4096, 2 threads, default shuffle buffer): training samples/s and the process's
+peak RSS. In memory, the smallest size's rows are read whole (data.streaming false).
 
 Part ``sparse``:
 
@@ -22,8 +31,8 @@ Part ``sparse``:
 - ``sparse.ml100k``: the quickstart config without text (MovieLens-100K), 3 seeds, dense vs
   sparse: test AUC per task (mean ± std) and the paired difference.
 
-    python benchmarks/scale.py [--parts sparse ddp resume bf16] [--users 100000 1000000 10000000]
-                               [--interactions 500000]
+    python benchmarks/scale.py [--parts sparse ddp resume streaming bf16] [--users 100000 1000000 10000000]
+                               [--interactions 500000] [--stream-rows 1000000 10000000 50000000]
 
 Writes the parts' keys into benchmarks/results/scale.json (other keys kept) and prints them.
 """
@@ -45,7 +54,7 @@ import numpy as np
 from common import quickstart_config
 
 from polyrec.config import Config
-from polyrec.data.synthetic import SYNTHETIC_CONFIG, synthetic_tables
+from polyrec.data.synthetic import SYNTHETIC_CONFIG, synthetic_tables, write_synthetic_split
 from polyrec.recommender import MultiTaskRecommender
 
 SEEDS = [2024, 2025, 2026]
@@ -204,10 +213,61 @@ def bf16_part(seeds: list[int], epochs: int | None) -> dict:
             "settings": "ml100k-mt, MMoE, 2 threads, bf16 - fp32 per seed"}
 
 
+STREAM_USERS, STREAM_ITEMS, FILE_ROWS = 100_000, 50_000, 200_000
+
+
+def stream_run(paths: dict, streaming: bool) -> dict:
+    """One epoch on the synthetic split ``paths`` (run in a fresh process: peak RSS is its own)."""
+    data = {**SYNTHETIC_CONFIG["data"], "interactions": None, **paths, "streaming": streaming,
+            "split": {"method": "column"}}
+    config = Config.from_dict({**SYNTHETIC_CONFIG, "data": data, "train": {**SYNTHETIC_CONFIG["train"], "threads": 2}})
+    start = time.perf_counter()
+    rec = MultiTaskRecommender(config).fit()
+    epoch = rec.result.history[0]
+    return {"streaming": streaming, "rows": round(epoch["samples_per_s"] * epoch["seconds"]),
+            "samples_per_s": epoch["samples_per_s"], "fit_s": time.perf_counter() - start,
+            "valid_click_auc": rec.result.best_valid["click"]["auc"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def streaming_part(folder: Path, sizes: list[int]) -> dict:
+    interactions = max(sizes) // 5
+    paths = write_synthetic_split(folder, STREAM_USERS, STREAM_ITEMS, interactions, 20_000,
+                                  rows_per_file=FILE_ROWS)
+    files = sorted(paths["train"].iterdir())
+    runs = []
+
+    def run(train: Path, streaming: bool) -> dict:
+        job = {k: str(v) for k, v in paths.items()} | {"train": str(train)}
+        done = subprocess.run([sys.executable, __file__, "--stream-run", json.dumps(job), str(streaming).lower()],
+                              check=True, capture_output=True, text=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(runs[-1]), flush=True)
+        return runs[-1]
+
+    in_memory = run(files[0], False) if sizes[0] // 5 == FILE_ROWS else None
+    streamed = []
+    for size in sizes:
+        subset = folder / f"train-{size}"   # the first size/5 interactions: links to the first files
+        subset.mkdir()
+        for file in files[:size // 5 // FILE_ROWS]:
+            (subset / file.name).symlink_to(file)
+        streamed.append(run(subset, True))
+    return {"rows": [r["rows"] for r in streamed], "peak_rss_mb": [r["peak_rss_mb"] for r in streamed],
+            "samples_per_s": [r["samples_per_s"] for r in streamed],
+            "in_memory_samples_per_s_1m": in_memory and in_memory["samples_per_s"],
+            "in_memory_peak_rss_mb_1m": in_memory and in_memory["peak_rss_mb"], "runs": runs,
+            "settings": f"synthetic, {STREAM_USERS} users, {STREAM_ITEMS} items, MMoE, batch 4096, 2 threads, "
+                        "one epoch, 4 negatives per interaction drawn on the fly"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=["sparse", "ddp", "resume", "bf16"],
-                        default=["sparse", "ddp", "resume", "bf16"])
+    parser.add_argument("--parts", nargs="+", choices=["sparse", "ddp", "resume", "streaming", "bf16"],
+                        default=["sparse", "ddp", "resume", "streaming", "bf16"])
+    parser.add_argument("--stream-rows", type=int, nargs="+", default=[1_000_000, 10_000_000, 50_000_000],
+                        help="training samples per epoch of the streaming part (multiples of 1,000,000)")
+    parser.add_argument("--stream-run", nargs=2, metavar=("PATHS", "STREAMING"), help=argparse.SUPPRESS)
     parser.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     parser.add_argument("--interactions", type=int, default=500_000)
     parser.add_argument("--bf16-seeds", type=int, nargs="+", default=SEEDS)
@@ -215,6 +275,9 @@ def main() -> None:
                         "(default: the config's; a CPU without native bfloat16 runs it ~6x slower)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
+    if args.stream_run:
+        print(json.dumps(stream_run(json.loads(args.stream_run[0]), args.stream_run[1] == "true")))
+        return
     result = {}
     with tempfile.TemporaryDirectory() as folder:
         for part in args.parts:
@@ -224,6 +287,8 @@ def main() -> None:
                 result["ddp"] = ddp_part(Path(folder) / "ddp")
             elif part == "resume":
                 result["resume"] = resume_part(Path(folder) / "resume")
+            elif part == "streaming":
+                result["streaming"] = streaming_part(Path(folder) / "streaming", sorted(args.stream_rows))
             else:
                 result["bf16"] = bf16_part(args.bf16_seeds, args.bf16_epochs)
             print(json.dumps({part: result[part]}, indent=1), flush=True)

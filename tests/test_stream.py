@@ -12,7 +12,7 @@ import torch
 from polyrec.config import Config
 from polyrec.data.dataset import prepare
 from polyrec.data.sources import load_tables
-from polyrec.data.synthetic import SYNTHETIC_CONFIG, synthetic_tables
+from polyrec.data.synthetic import SYNTHETIC_CONFIG, synthetic_tables, write_synthetic_split
 from polyrec.data.tables import Tables
 from polyrec.errors import DataError
 from polyrec.recommender import MultiTaskRecommender
@@ -168,3 +168,43 @@ def test_two_processes_each_read_their_own_row_groups(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs" / "two" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and 0 <= metrics["test"]["click"]["auc"] <= 1
+
+
+def test_synthetic_split_is_written_a_file_at_a_time_and_streams(tmp_path):
+    paths = write_synthetic_split(tmp_path, 300, 200, 5000, 400, n_topics=10, rows_per_file=2000)
+    assert [f.name for f in sorted(paths["train"].iterdir())] == [f"part-0000{k}.parquet" for k in range(3)]
+    rows = pd.read_parquet(paths["train"])
+    assert len(rows) == 5000 and (rows["purchase"] <= rows["like"]).all()   # a purchase follows a like
+    # the rating follows the like: liked items are rated higher
+    assert rows.loc[rows["like"] == 1, "stars"].mean() > rows.loc[rows["like"] == 0, "stars"].mean() + 0.3
+    raw = {**SYNTHETIC_CONFIG, "data": {**SYNTHETIC_CONFIG["data"], "interactions": None, "streaming": True,
+                                        **{k: str(v) for k, v in paths.items()}}}
+    data = prepare(load_tables(Config.from_dict(raw).data), Config.from_dict(raw))
+    assert len(data.train) == 5 * 5000 and len(data.catalog.item_ids) == 200
+
+
+def test_an_interrupted_streamed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """Stopped mid-epoch after a checkpoint: the resumed epoch reads the same row groups, shuffle
+    and negatives from the saved generator state, skipping the batches already trained on."""
+    import polyrec.train.trainer as trainer
+    from polyrec.pipeline import resume_run, train_run
+    from tests.test_resume import _outcome
+
+    write_split(tmp_path)
+    config = stream_config(tmp_path, data__shuffle_buffer=64, train__max_epochs=3, train__patience=10,
+                           train__checkpoint_every=3, train__batch_size=32)
+    train_run(config, tmp_path / "whole")
+    calls, real = [], trainer.train_step
+
+    def stop_at_step_14(*args):
+        calls.append(1)
+        if len(calls) == 14:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(trainer, "train_step", stop_at_step_14)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tmp_path / "resumed")
+    monkeypatch.setattr(trainer, "train_step", real)
+    resume_run(tmp_path / "resumed")
+    assert _outcome(tmp_path / "resumed") == _outcome(tmp_path / "whole")
