@@ -20,13 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from polyrec import distributed
 from polyrec.config import Config
 from polyrec.data.dataset import Catalog, Samples, interaction_rows
 from polyrec.data.negatives import sample_negatives
-from polyrec.data.tables import Tables, _examples, ids, item_column, validate_labels
+from polyrec.data.tables import Tables, _examples, item_column, validate_labels
 from polyrec.errors import ConfigError, DataError
 
 READ_ROWS = 65_536   # rows per record batch read from the file
@@ -41,7 +43,6 @@ class RowGroup:
 
 def row_groups(path: str) -> list[RowGroup]:
     """Every row group of the Parquet file or folder ``path``, files in name order."""
-    import pyarrow
     import pyarrow.dataset as ds
     try:
         fragments = sorted(ds.dataset(path, format="parquet").get_fragments(), key=lambda f: f.path)
@@ -52,39 +53,51 @@ def row_groups(path: str) -> list[RowGroup]:
                 out.append(RowGroup(piece, fragment.path, first))
                 first += piece.row_groups[0].num_rows
         return out
-    except (pyarrow.ArrowException, OSError) as err:
+    except (pa.ArrowException, OSError) as err:
         raise DataError(f"train rows {path} cannot be read as Parquet ({str(err)[:200]}); it may be truncated or "
                         "corrupt: write it again") from None
 
 
 class RowReader:
-    """Checked rows of the training file: (user ids, item ids, labels [N, T]) per record batch."""
+    """Checked rows of the training file: (user ids, item ids as Arrow text, labels [N, T]) per record batch."""
 
     def __init__(self, config: Config):
         self.config, spec = config, config.data
         self.user_col, self.item_col = spec.user_col, item_column(spec)
         self.columns = list(dict.fromkeys([self.user_col, self.item_col, *(t.col for t in config.tasks)]))
 
-    def read(self, group: RowGroup) -> Iterator[tuple[pd.Series, pd.Series, np.ndarray]]:
-        import pyarrow
+    def read(self, group: RowGroup) -> Iterator[tuple[pa.Array, pa.Array, np.ndarray]]:
         where = f"train rows {group.path}"
         missing = [c for c in self.columns if c not in group.piece.physical_schema.names]
         if missing:
             raise DataError(f"{where}: missing column(s) {missing}; it has {group.piece.physical_schema.names}")
         first = group.first_row
         try:
-            batches = group.piece.to_batches(columns=self.columns, batch_size=READ_ROWS)
-            for batch in batches:
-                frame = batch.to_pandas()
+            for batch in group.piece.to_batches(columns=self.columns, batch_size=READ_ROWS):
+                users = _ids(batch.column(self.user_col), where, self.user_col, first)
+                items = _ids(batch.column(self.item_col), where, self.item_col, first)
+                frame = batch.select(list(dict.fromkeys(t.col for t in self.config.tasks))).to_pandas()
                 frame.index = pd.RangeIndex(first, first + len(frame))
-                first += len(frame)
-                users = ids(frame[self.user_col], where, self.user_col)
-                items = ids(frame[self.item_col], where, self.item_col)
                 frame = validate_labels(frame, self.config, where)
+                first += len(frame)
                 yield users, items, np.stack([frame[t.col].to_numpy(np.float32) for t in self.config.tasks], 1)
-        except (pyarrow.ArrowException, OSError) as err:
+        except (pa.ArrowException, OSError) as err:
             raise DataError(f"{where} cannot be read past row {first} ({str(err)[:200]}); it may be truncated or "
                             "corrupt: write it again") from None
+
+
+def _ids(column: pa.Array, where: str, name: str, first: int) -> pa.Array:
+    """Ids as text, as :func:`polyrec.data.tables.ids` makes them (1.0 → "1"), in Arrow (no per-row Python)."""
+    if column.null_count:
+        rows = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)) + first
+        raise DataError(f"{where}: column '{name}' has missing ids at rows {_examples(rows)}")
+    if pa.types.is_floating(column.type):
+        whole = pc.all(pc.equal(pc.floor(column), column)).as_py()
+        column = pc.cast(column, pa.int64()) if whole else column
+    elif not (pa.types.is_integer(column.type) or pa.types.is_string(column.type)
+              or pa.types.is_large_string(column.type)):
+        raise DataError(f"{where}: column '{name}' holds {column.type} values; ids must be text or numbers")
+    return pc.cast(column, pa.string())
 
 
 @dataclass
@@ -104,8 +117,8 @@ def scan(config: Config) -> Scan:
     out = Scan(set(), set(), 0, 0, np.zeros(len(tasks)), np.zeros(len(tasks)))
     for group in row_groups(config.data.train):
         for users, items, labels in reader.read(group):
-            out.users.update(users.unique())
-            out.items.update(items.unique())
+            out.users.update(pc.unique(users).to_pylist())
+            out.items.update(pc.unique(items).to_pylist())
             out.rows += len(labels)
             out.positives += int(interaction_rows(labels, tasks).sum())
             out.label_sums += np.nansum(labels, 0)
@@ -130,6 +143,11 @@ def with_streamed_ids(tables: Tables, found: Scan, config: Config, given: Tables
     return Tables(tables.interactions, sides["users"], sides["items"])
 
 
+def _index(values: pa.Array, catalog: pa.Array) -> np.ndarray:
+    """Catalog positions of ``values`` (-1 where absent)."""
+    return pc.fill_null(pc.index_in(values, value_set=catalog), -1).to_numpy().astype(np.int64)
+
+
 class TrainStream:
     """The training rows of a Parquet file or folder as shuffled batches, read anew in each epoch;
     used by the trainer where in-memory :class:`~polyrec.data.dataset.Samples` would be."""
@@ -140,7 +158,7 @@ class TrainStream:
         spec = config.data
         self.reader, self.tasks, self.shuffle_buffer = RowReader(config), config.tasks, spec.shuffle_buffer
         self.groups = row_groups(spec.train)
-        self.user_index, self.item_index = pd.Index(catalog.user_ids), pd.Index(catalog.item_ids)
+        self.user_ids, self.item_ids = pa.array(catalog.user_ids, pa.string()), pa.array(catalog.item_ids, pa.string())
         self.n_items, self.per_positive = len(catalog.item_ids), spec.negatives.per_positive
         self.negative_labels = np.array([spec.negatives.labels.get(t.col, np.nan) for t in self.tasks], np.float32)
         self.interacted = interacted   # sorted user * n_items + item keys a negative must avoid
@@ -148,10 +166,10 @@ class TrainStream:
         extra = self.per_positive * found.positives * np.nan_to_num(self.negative_labels)
         counted = found.label_counts + self.per_positive * found.positives * ~np.isnan(self.negative_labels)
         self.means = (found.label_sums + extra) / np.maximum(counted, 1)
-        self.users = np.sort(self.user_index.get_indexer(sorted(found.users)))
+        self.users = np.sort(_index(pa.array(sorted(found.users), pa.string()), self.user_ids))
         # sampled negatives may be any catalog item, so every item is a training item
         self.items = np.arange(self.n_items) if self.per_positive else np.sort(
-            self.item_index.get_indexer(sorted(found.items)))
+            _index(pa.array(sorted(found.items), pa.string()), self.item_ids))
 
     def __len__(self) -> int:
         return self.rows
@@ -193,17 +211,17 @@ class TrainStream:
                 yield batch, torch.arange(len(batch))
             step += 1
 
-    def _with_negatives(self, users: pd.Series, items: pd.Series, labels: np.ndarray, group: RowGroup,
+    def _with_negatives(self, users: pa.Array, items: pa.Array, labels: np.ndarray, group: RowGroup,
                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        user, item = self.user_index.get_indexer(users), self.item_index.get_indexer(items)
+        user, item = _index(users, self.user_ids), _index(items, self.item_ids)
         if (user < 0).any() or (item < 0).any():   # the file changed since it was scanned
+            unknown = users.filter(pa.array(user < 0)).to_pylist() + items.filter(pa.array(item < 0)).to_pylist()
             raise DataError(f"train rows {group.path}: ids not seen when the file was first read "
-                            f"({_examples(users[user < 0].tolist() + items[item < 0].tolist())}); the file "
-                            "changed during training: train again")
+                            f"({_examples(unknown)}); the file changed during training: train again")
         if not self.per_positive:
             return user, item, labels
         positive = interaction_rows(labels, self.tasks)
-        avoid = np.union1d(self.interacted, user[positive] * self.n_items + item[positive])
+        avoid = np.sort(np.concatenate([self.interacted, user[positive] * self.n_items + item[positive]]))
         negatives = sample_negatives(user[positive], self.per_positive, avoid, self.n_items, rng)
         return (np.concatenate([user, np.repeat(user[positive], self.per_positive)]),
                 np.concatenate([item, negatives]),

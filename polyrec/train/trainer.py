@@ -122,7 +122,9 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
     """
     model.train()
     step_losses, step_weights = [], []
-    batches = distributed.together(data.batches(batch_size, generator, start))
+    batches = data.batches(batch_size, generator, start)
+    if data.per_process:   # processes reading their own rows may run out at different steps
+        batches = distributed.together(batches)
     bar = tqdm(batches, desc=progress, disable=progress is None, leave=False, mininterval=0.5,
                total=data.n_batches(batch_size) - start)
     began = time.perf_counter()
