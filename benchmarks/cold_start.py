@@ -186,6 +186,12 @@ def run_ceilings(cfg: Config, data: PreparedData) -> dict:
                          model, objective, test, n, [10], candidates=cold)}, cfg)["watch_recall@10"]}
         print(f"{name:>20}: cold watch AUC {out[name]['watch_auc']:.4f} like {out[name]['like_auc']:.4f} "
               f"ctcvr {out[name]['ctcvr_auc']:.4f} | shelf R@10 {out[name]['shelf_watch_recall@10']:.4f}", flush=True)
+    # for scale: how far popularity alone goes on the warm items' rows, where it is known
+    warm = data.test.restrict_items(np.flatnonzero(~cold.numpy()))
+    known = torch.from_numpy(data.interaction_counts()[1]).double()
+    out["warm_training_popularity"] = flat_metrics(evaluate_pointwise(
+        ItemScore(known, len(cfg.tasks)), objective, warm.samples), cfg)
+    print(f"warm rows by training-period popularity: watch AUC {out['warm_training_popularity']['watch_auc']:.4f}")
     return out
 
 

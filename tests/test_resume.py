@@ -57,17 +57,22 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(project, monkeyp
     """Stopped mid-epoch (step 17, after the checkpoint at step 15), in-process: the weighting
     method's state, the optimizer, the shuffle and dropout draws all continue as if never stopped."""
     root, cfg = project
-    config = Config.from_yaml(cfg, [*SETTINGS, f"weighting.method={method}", "model.dropout=0.2"])
+    stop_and_resume(Config.from_yaml(cfg, [*SETTINGS, f"weighting.method={method}", "model.dropout=0.2"]), root,
+                    monkeypatch, stop_at=17)
+
+
+def stop_and_resume(config, root, monkeypatch, stop_at):
+    """Train ``config`` whole, then again stopped before step ``stop_at`` and resumed: the same outcome."""
     train_run(config, root / "whole")
     calls, real = [], trainer.train_step
 
-    def stop_at_step_17(*args):
+    def stop(*args):
         calls.append(1)
-        if len(calls) == 17:
+        if len(calls) == stop_at:
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(trainer, "train_step", stop_at_step_17)
+    monkeypatch.setattr(trainer, "train_step", stop)
     with pytest.raises(KeyboardInterrupt):
         train_run(config, root / "resumed")
     monkeypatch.setattr(trainer, "train_step", real)

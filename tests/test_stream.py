@@ -18,6 +18,7 @@ from polyrec.errors import DataError
 from polyrec.recommender import MultiTaskRecommender
 from tests.conftest import make_config, make_tables
 from tests.test_distributed import torchrun
+from tests.test_resume import stop_and_resume
 
 
 def write_split(folder, tables=None, row_group_size=40):
@@ -186,25 +187,8 @@ def test_synthetic_split_is_written_a_file_at_a_time_and_streams(tmp_path):
 def test_an_interrupted_streamed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     """Stopped mid-epoch after a checkpoint: the resumed epoch reads the same row groups, shuffle
     and negatives from the saved generator state, skipping the batches already trained on."""
-    import polyrec.train.trainer as trainer
-    from polyrec.pipeline import resume_run, train_run
-    from tests.test_resume import _outcome
-
-    write_split(tmp_path)
-    config = stream_config(tmp_path, data__shuffle_buffer=64, train__max_epochs=3, train__patience=10,
+    (tmp_path / "data").mkdir()
+    write_split(tmp_path / "data")
+    config = stream_config(tmp_path / "data", data__shuffle_buffer=64, train__max_epochs=3, train__patience=10,
                            train__checkpoint_every=3, train__batch_size=32)
-    train_run(config, tmp_path / "whole")
-    calls, real = [], trainer.train_step
-
-    def stop_at_step_14(*args):
-        calls.append(1)
-        if len(calls) == 14:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(trainer, "train_step", stop_at_step_14)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(config, tmp_path / "resumed")
-    monkeypatch.setattr(trainer, "train_step", real)
-    resume_run(tmp_path / "resumed")
-    assert _outcome(tmp_path / "resumed") == _outcome(tmp_path / "whole")
+    stop_and_resume(config, tmp_path, monkeypatch, stop_at=14)   # epoch 2 of 8 steps, after the step-12 checkpoint
