@@ -76,7 +76,7 @@ def test_split_as_three_files_equals_a_split_column(tmp_path):
     for a, b in ((from_files.train, from_column.train), (from_files.test.samples, from_column.test.samples)):
         assert a.user.equal(b.user) and a.item.equal(b.item) and np.array_equal(a.labels, b.labels, equal_nan=True)
     inter[inter["split"] == "valid"].drop(columns=["split", "stars"]).to_parquet(tmp_path / "valid.parquet")
-    with pytest.raises(DataError, match="valid rows file .*valid.parquet has columns .* give the three files"):
+    with pytest.raises(DataError, match="valid rows file .*valid.parquet has columns .* give the files"):
         load_tables(config.data)
 
 
