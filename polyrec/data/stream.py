@@ -15,6 +15,7 @@ row groups (so the file needs at least as many row groups as processes).
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -64,7 +65,8 @@ class RowReader:
     def __init__(self, config: Config):
         self.config, spec = config, config.data
         self.user_col, self.item_col = spec.user_col, item_column(spec)
-        self.columns = list(dict.fromkeys([self.user_col, self.item_col, *(t.col for t in config.tasks)]))
+        self.label_cols = list(dict.fromkeys(t.col for t in config.tasks))
+        self.columns = list(dict.fromkeys([self.user_col, self.item_col, *self.label_cols]))
 
     def read(self, group: RowGroup) -> Iterator[tuple[pa.Array, pa.Array, np.ndarray]]:
         where = f"train rows {group.path}"
@@ -76,7 +78,7 @@ class RowReader:
             for batch in group.piece.to_batches(columns=self.columns, batch_size=READ_ROWS):
                 users = _ids(batch.column(self.user_col), where, self.user_col, first)
                 items = _ids(batch.column(self.item_col), where, self.item_col, first)
-                frame = batch.select(list(dict.fromkeys(t.col for t in self.config.tasks))).to_pandas()
+                frame = batch.select(self.label_cols).to_pandas()
                 frame.index = pd.RangeIndex(first, first + len(frame))
                 frame = validate_labels(frame, self.config, where)
                 first += len(frame)
@@ -166,10 +168,10 @@ class TrainStream:
         extra = self.per_positive * found.positives * np.nan_to_num(self.negative_labels)
         counted = found.label_counts + self.per_positive * found.positives * ~np.isnan(self.negative_labels)
         self.means = (found.label_sums + extra) / np.maximum(counted, 1)
-        self.users = np.sort(_index(pa.array(sorted(found.users), pa.string()), self.user_ids))
+        self.users = np.sort(_index(pa.array(list(found.users), pa.string()), self.user_ids))
         # sampled negatives may be any catalog item, so every item is a training item
         self.items = np.arange(self.n_items) if self.per_positive else np.sort(
-            _index(pa.array(sorted(found.items), pa.string()), self.item_ids))
+            _index(pa.array(list(found.items), pa.string()), self.item_ids))
 
     def __len__(self) -> int:
         return self.rows
@@ -189,27 +191,24 @@ class TrainStream:
         """One epoch of (batch, its rows) from batch ``start`` on: row groups in an order drawn from
         ``generator``, this process's share of them, rows shuffled ``data.shuffle_buffer`` at a time
         (file order when 0). The same generator state gives the same batches."""
-        world, rank = distributed.world_size(), distributed.rank()
+        world = distributed.world_size()
         if len(self.groups) < world:
             raise ConfigError(f"data.train has {len(self.groups)} Parquet row group(s), fewer than the {world} "
                               "training processes: write it with smaller row groups (pyarrow row_group_size)")
-        local = batch_size // world
         rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator)))
+        for batch in itertools.islice(self._epoch(batch_size // world, rng), start, None):
+            yield batch, torch.arange(len(batch))
+
+    def _epoch(self, size: int, rng: np.random.Generator) -> Iterator[Samples]:
+        """This process's batches of ``size`` rows for one epoch, all drawn from ``rng``."""
         order = rng.permutation(len(self.groups)) if self.shuffle_buffer else np.arange(len(self.groups))
         held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        step = 0
-        for g in order[rank::world]:
+        for g in order[distributed.rank()::distributed.world_size()]:
             for users, items, labels in self.reader.read(self.groups[g]):
                 held.append(self._with_negatives(users, items, labels, self.groups[g], rng))
-                if sum(len(h[0]) for h in held) >= max(self.shuffle_buffer, local):
-                    for batch in self._drain(held, local, rng, final=False):
-                        if step >= start:
-                            yield batch, torch.arange(len(batch))
-                        step += 1
-        for batch in self._drain(held, local, rng, final=True):
-            if step >= start:
-                yield batch, torch.arange(len(batch))
-            step += 1
+                if sum(len(h[0]) for h in held) >= max(self.shuffle_buffer, size):
+                    yield from self._drain(held, size, rng, final=False)
+        yield from self._drain(held, size, rng, final=True)
 
     def _with_negatives(self, users: pa.Array, items: pa.Array, labels: np.ndarray, group: RowGroup,
                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -95,10 +95,13 @@ def write_synthetic_split(folder: str | Path, n_users: int, n_items: int, n_trai
                           n_topics: int = 50, seed: int = 0, rows_per_file: int = 1_000_000) -> dict[str, Path]:
     """``n_train`` training interactions as a folder of Parquet files (``rows_per_file`` each, written
     one at a time), ``n_eval`` valid and test interactions each, and the users and items tables.
-    Returns the paths by ``data`` key (train, valid, test, users, items)."""
+    Returns the paths by ``data`` key (train, valid, test, users, items). ``folder`` must be new or
+    empty: nothing already there is overwritten."""
     folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} is not empty; write the synthetic split into a new folder")
     world, rng = SyntheticWorld(n_users, n_items, n_topics, seed), np.random.default_rng(seed + 1)
-    (folder / "train").mkdir(parents=True, exist_ok=True)
+    (folder / "train").mkdir(parents=True)
     for k, a in enumerate(range(0, n_train, rows_per_file)):
         rows = world.draw(min(rows_per_file, n_train - a), rng)
         pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), folder / "train" / f"part-{k:05d}.parquet",
