@@ -45,7 +45,8 @@ from common import (
 )
 
 from polyrec.config import Config
-from polyrec.data.dataset import PreparedData, Samples, prepare
+from polyrec.data.dataset import PreparedData, prepare
+from polyrec.data.rows import Samples
 from polyrec.data.ml100k_mt import rows_sha256
 from polyrec.data.sources import load_tables
 from polyrec.evaluate.evaluator import evaluate_pointwise, evaluate_ranking, predict_logits

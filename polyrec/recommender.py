@@ -11,14 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from polyrec.config import Config
-from polyrec.data.dataset import (
-    EvalData,
-    PreparedData,
-    Samples,
-    history_pairs,
-    interaction_rows,
-    prepare,
-)
+from polyrec.data.dataset import PreparedData, prepare
+from polyrec.data.rows import EvalData, Samples, history_pairs, interaction_rows
 from polyrec.data.features import EncodedSide
 from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables, ids, new_rows, validate_labels

@@ -19,7 +19,7 @@ from polyrec.distill.objective import (
 )
 from polyrec.recommender import MultiTaskRecommender
 from tests.conftest import make_config, make_tables
-from tests.test_end_to_end import _write_own_data
+from tests.helpers import write_own_data
 
 runner = CliRunner()
 
@@ -66,7 +66,7 @@ def test_hidden_matching_compares_similarities_whatever_the_widths():
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distill")
-    cfg = _write_own_data(folder, make_tables())
+    cfg = write_own_data(folder, make_tables())
     out = runner.invoke(app, ["train", "-c", str(cfg), "--set", "train.max_epochs=3", "-o", str(folder / "teacher")])
     assert out.exit_code == 0, out.output
     return folder, folder / "teacher"

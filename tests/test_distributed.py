@@ -2,46 +2,30 @@
 one process takes with the same global batch — for every weighting method, including those that
 read per-task gradients."""
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from polyrec.recommender import MultiTaskRecommender
-from tests.conftest import make_config, make_tables
+from polyrec.weighting import WEIGHTINGS
+from tests.conftest import make_tables
+from tests.helpers import distributed_config, torchrun, write_own_data
 
-ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["static", "uncertainty", "dwa", "famo", "gradnorm", "mgda_ub", "multibalance", "pcgrad"]
+METHODS = sorted(WEIGHTINGS)   # every registered method: a new one is covered without editing this file
 SCRIPT = """
 import json, sys
 from polyrec.recommender import MultiTaskRecommender
 from polyrec import distributed
 from tests.conftest import make_tables
-from tests.test_distributed import config_for
+from tests.helpers import distributed_config
 out = {}
 for method in sys.argv[2].split(","):
-    result = MultiTaskRecommender(config_for(method)).fit(make_tables()).result
+    result = MultiTaskRecommender(distributed_config(method)).fit(make_tables()).result
     out[method] = {"losses": result.step_losses, "weights": result.step_weights, "valid": result.best_valid}
 if distributed.rank() == 0:
     json.dump(out, open(sys.argv[1], "w"))
 """
-
-
-# BatchNorm normalises each process's rows by their own statistics (SyncBatchNorm is GPU-only),
-# so the comparison that must be exact runs without it; DWA's window is shortened so that it moves
-def config_for(method: str):
-    return make_config(weighting__method=method, model__batch_norm=False,
-                       weighting__options="{window: 4}" if method == "dwa" else "{}")
-
-
-def torchrun(*args, cwd=ROOT):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
 
 
 def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(tmp_path):
@@ -51,7 +35,7 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "out.json").read_text())
     for method in METHODS:
-        one = MultiTaskRecommender(config_for(method)).fit(make_tables()).result
+        one = MultiTaskRecommender(distributed_config(method)).fit(make_tables()).result
         assert len(two[method]["losses"]) == len(one.step_losses) > 10, method
         np.testing.assert_allclose(two[method]["losses"], one.step_losses, rtol=1e-4, atol=1e-5, err_msg=method)
         np.testing.assert_allclose(two[method]["weights"], one.step_weights, rtol=1e-4, atol=1e-5, err_msg=method)
@@ -59,11 +43,9 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(tmp_path
 
 
 def test_torchrun_train_writes_one_run_from_the_first_process(tmp_path):
-    from tests.test_end_to_end import _write_own_data
-
     data = tmp_path / "data"
     data.mkdir()
-    cfg = _write_own_data(data, make_tables())
+    cfg = write_own_data(data, make_tables())
     done = torchrun("-m", "polyrec", "train", "-c", cfg, "-o", tmp_path / "runs" / "two", "--set",
                     "train.max_epochs=2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -3,13 +3,13 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from polyrec.cli import app
 from polyrec.errors import DataError
 from polyrec.recommender import MultiTaskRecommender
-from tests.conftest import BASE, make_tables
+from tests.conftest import make_tables
+from tests.helpers import write_own_data
 
 runner = CliRunner()
 
@@ -79,18 +79,8 @@ def test_cli_evaluate_and_recommend_from_bundle(trained):
     assert out.exit_code == 2 and "unknown user id 'nobody'" in out.output
 
 
-def _write_own_data(tmp_path, tables):
-    tables.interactions.to_csv(tmp_path / "events.csv", index=False)
-    tables.users.to_parquet(tmp_path / "users.parquet")
-    tables.items.to_csv(tmp_path / "items.csv", index=False)
-    raw = {**BASE, "data": {**BASE["data"], "interactions": str(tmp_path / "events.csv"),
-                            "users": str(tmp_path / "users.parquet"), "items": str(tmp_path / "items.csv")}}
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    return tmp_path / "cfg.yaml"
-
-
 def test_cli_train_on_own_csv_and_parquet_files(tmp_path):
-    cfg = _write_own_data(tmp_path, make_tables())
+    cfg = write_own_data(tmp_path, make_tables())
     run = tmp_path / "run"
     out = runner.invoke(app, ["train", "--config", str(cfg), "--set", "model.arch=ple", "--out", str(run)])
     assert out.exit_code == 0, out.output
@@ -105,7 +95,7 @@ def test_cli_train_on_own_csv_and_parquet_files(tmp_path):
 def test_cli_bad_data_fails_cleanly_and_writes_nothing(tmp_path):
     tables = make_tables()
     tables.interactions = tables.interactions.drop(columns=["stars"])
-    cfg = _write_own_data(tmp_path, tables)
+    cfg = write_own_data(tmp_path, tables)
     run = tmp_path / "run"
     out = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(run)])
     assert out.exit_code == 2

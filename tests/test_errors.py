@@ -16,7 +16,7 @@ from polyrec.data.sources import read_table
 from polyrec.errors import ConfigError, DataError, RunError
 from polyrec.recommender import MultiTaskRecommender
 from tests.conftest import BASE, make_tables
-from tests.test_end_to_end import _write_own_data
+from tests.helpers import write_own_data
 
 runner = CliRunner()
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -112,7 +112,7 @@ def test_infinite_and_non_numeric_values_name_their_rows(config, tables):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("errors")
-    cfg = _write_own_data(folder, make_tables())
+    cfg = write_own_data(folder, make_tables())
     out = runner.invoke(app, ["train", "-c", str(cfg), "-o", str(folder / "run"), "--set", "train.max_epochs=1"])
     assert out.exit_code == 0, out.output
     return folder / "run"
@@ -221,7 +221,7 @@ def test_new_user_payloads_are_validated_like_training_tables(run_dir):
 def test_titles_with_brackets_are_shown_as_written(tmp_path):
     tables = make_tables()
     tables.items["name"] = [f"Item {i} [remastered]" if i % 2 else f"[/]Item {i}[bold]" for i in range(40)]
-    cfg = _write_own_data(tmp_path, tables)
+    cfg = write_own_data(tmp_path, tables)
     assert runner.invoke(app, ["train", "-c", str(cfg), "-o", str(tmp_path / "run"),
                                "--set", "train.max_epochs=1"]).exit_code == 0
     out = runner.invoke(app, ["recommend", str(tmp_path / "run"), "--user", "u3", "-k", "30"],

@@ -17,7 +17,7 @@ from polyrec.config import Config
 from polyrec.errors import ConfigError, PolyrecError
 from polyrec.pipeline import train_run
 from tests.conftest import BASE, make_tables
-from tests.test_safety import snapshot
+from tests.helpers import snapshot
 
 NUMERIC = {"interactions": ["ts", "click", "buy", "stars"], "users": ["age"], "items": ["price"]}
 REQUIRED = {"interactions": ["user", "item", "ts", "click", "buy", "stars"], "users": ["user", "country", "age"],

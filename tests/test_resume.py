@@ -1,6 +1,5 @@
 """Crash-safe training: a run killed at any moment continues with `--resume` to exactly the
 result it would have had, and a checkpoint is never half-written."""
-import json
 import signal
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-import polyrec.train.trainer as trainer
 from polyrec.cli import app
 from polyrec.config import Config
 from polyrec.errors import RunError
@@ -17,7 +15,7 @@ from polyrec.pipeline import resume_run, train_run
 from polyrec.rundir import CHECKPOINT
 from polyrec.train.checkpoint import load_checkpoint
 from tests.conftest import make_tables
-from tests.test_end_to_end import _write_own_data
+from tests.helpers import run_outcome, stop_and_resume, write_own_data
 
 SETTINGS = ["train.max_epochs=4", "train.patience=10", "train.checkpoint_every=3"]
 
@@ -26,7 +24,7 @@ SETTINGS = ["train.max_epochs=4", "train.patience=10", "train.checkpoint_every=3
 def project(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    return tmp_path, _write_own_data(data, make_tables())
+    return tmp_path, write_own_data(data, make_tables())
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +32,9 @@ def uninterrupted(tmp_path_factory):
     """The outcome of the run with SETTINGS that is never stopped (the data are the same files)."""
     root = tmp_path_factory.mktemp("whole")
     (root / "data").mkdir()
-    cfg = _write_own_data(root / "data", make_tables())
+    cfg = write_own_data(root / "data", make_tables())
     train_run(Config.from_yaml(cfg, SETTINGS), root / "whole")
-    return _outcome(root / "whole")
-
-
-def _outcome(run):
-    """What a finished run is: its test and validation metrics, every step's losses, its weights."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    steps = [json.loads(line) for line in (run / "train_steps.jsonl").read_text().splitlines()]
-    epochs = [json.loads(line)["valid"] for line in (run / "train_log.jsonl").read_text().splitlines()]
-    return metrics["test"], metrics["valid"], metrics["best_epoch"], steps, epochs, (run / "model.safetensors").read_bytes()
+    return run_outcome(root / "whole")
 
 
 def _polyrec(*args, cwd):
@@ -61,27 +51,6 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(project, monkeyp
                     monkeypatch, stop_at=17)
 
 
-def stop_and_resume(config, root, monkeypatch, stop_at):
-    """Train ``config`` whole, then again stopped before step ``stop_at`` and resumed: the same outcome."""
-    train_run(config, root / "whole")
-    calls, real = [], trainer.train_step
-
-    def stop(*args):
-        calls.append(1)
-        if len(calls) == stop_at:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(trainer, "train_step", stop)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(config, root / "resumed")
-    monkeypatch.setattr(trainer, "train_step", real)
-    assert not (root / "resumed").exists()
-    resume_run(root / "resumed")
-    assert _outcome(root / "resumed") == _outcome(root / "whole")
-    assert not list(root.glob(".resumed.partial-*")) and not (root / "resumed" / CHECKPOINT).exists()
-
-
 def test_a_killed_process_resumes_to_the_uninterrupted_result(project, uninterrupted):
     root, cfg = project
     sets = [arg for s in SETTINGS for arg in ("--set", s)]
@@ -94,7 +63,7 @@ def test_a_killed_process_resumes_to_the_uninterrupted_result(project, uninterru
     assert not (root / "killed").exists(), "the run finished before it was killed"
     resumed = _polyrec("train", "--resume", root / "killed", cwd=root)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    assert _outcome(root / "killed") == uninterrupted
+    assert run_outcome(root / "killed") == uninterrupted
 
 
 def test_a_checkpoint_is_never_half_written(project, uninterrupted):
@@ -123,7 +92,7 @@ app()
     (staging,) = root.glob(".run.partial-*")
     assert load_checkpoint(staging / CHECKPOINT)["loop"]["step"] == 6   # the second, whole
     resume_run(root / "run")
-    assert _outcome(root / "run") == uninterrupted
+    assert run_outcome(root / "run") == uninterrupted
 
 
 def test_resume_errors_name_what_to_do(project, monkeypatch):

@@ -1,6 +1,5 @@
 """Nothing lost: what polyrec writes never replaces what it did not write, and concurrent or
 killed runs leave one whole run (or evidence), never a mix."""
-import hashlib
 import json
 import os
 import signal
@@ -16,15 +15,9 @@ from polyrec.errors import RunError
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.rundir import RunWriter, is_run
 from tests.conftest import make_tables
-from tests.test_end_to_end import _write_own_data
+from tests.helpers import snapshot, write_own_data
 
 runner = CliRunner()
-
-
-def snapshot(folder):
-    """Every file and folder under ``folder`` with its content hash: equal snapshots, equal bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
 
 
 def train(cfg, out, *extra):
@@ -36,7 +29,7 @@ def project(tmp_path):
     """A user's folder: input data, an unrelated folder of runs-like files, and a config."""
     data = tmp_path / "data"
     data.mkdir()
-    cfg = _write_own_data(data, make_tables())
+    cfg = write_own_data(data, make_tables())
     runs = tmp_path / "runs"
     for name in ("a", "b"):
         (runs / name).mkdir(parents=True)

@@ -17,8 +17,7 @@ from polyrec.data.tables import Tables
 from polyrec.errors import DataError
 from polyrec.recommender import MultiTaskRecommender
 from tests.conftest import make_config, make_tables
-from tests.test_distributed import torchrun
-from tests.test_resume import stop_and_resume
+from tests.helpers import stop_and_resume, torchrun
 
 
 def write_split(folder, tables=None, row_group_size=40):

@@ -258,8 +258,8 @@ def test_run_directory_logs_weights_and_losses_per_step(tmp_path):
 
     from polyrec.cli import app
     from tests.conftest import make_tables
-    from tests.test_end_to_end import _write_own_data
-    cfg, run = _write_own_data(tmp_path, make_tables()), tmp_path / "run"
+    from tests.helpers import write_own_data
+    cfg, run = write_own_data(tmp_path, make_tables()), tmp_path / "run"
     out = CliRunner().invoke(app, ["train", "-c", str(cfg), "--set", "weighting.method=uncertainty", "-o", str(run)])
     assert out.exit_code == 0, out.output
     steps = [json.loads(line) for line in (run / "train_steps.jsonl").read_text().splitlines()]

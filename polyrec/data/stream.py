@@ -27,7 +27,7 @@ import torch
 
 from polyrec import distributed
 from polyrec.config import Config
-from polyrec.data.dataset import Catalog, Samples, interaction_rows
+from polyrec.data.rows import Catalog, Samples, interaction_rows
 from polyrec.data.negatives import sample_negatives
 from polyrec.data.tables import Tables, _examples, item_column, validate_labels
 from polyrec.errors import ConfigError, DataError
@@ -152,7 +152,7 @@ def _index(values: pa.Array, catalog: pa.Array) -> np.ndarray:
 
 class TrainStream:
     """The training rows of a Parquet file or folder as shuffled batches, read anew in each epoch;
-    used by the trainer where in-memory :class:`~polyrec.data.dataset.Samples` would be."""
+    used by the trainer where in-memory :class:`~polyrec.data.rows.Samples` would be."""
 
     per_process = True   # under torchrun each process reads its own row groups: its batches are its own
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from polyrec.config import Config, DistillSpec, read_yaml
-from polyrec.data.dataset import PreparedData, Samples, prepare
+from polyrec.data.dataset import PreparedData, prepare
+from polyrec.data.rows import Samples
 from polyrec.data.history import statistics
 from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from polyrec.data.dataset import EvalData, Samples
+from polyrec.data.rows import EvalData, Samples
 from polyrec.evaluate import metrics as M
 from polyrec.objective import Objective
 from polyrec.serve.rerank import Diversity, Exposure, topk_items

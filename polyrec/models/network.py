@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from polyrec.config import ColdStartSpec, HistorySpec, ModelSpec, RetrievalSpec, TextSpec
-from polyrec.data.dataset import Samples
+from polyrec.data.rows import Samples
 from polyrec.models.generator import IdGenerator, SideLayout
 from polyrec.models.history import EventTable, HistoryBlock, StatsTable
 from polyrec.models.layers import (

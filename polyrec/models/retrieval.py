@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polyrec.config import RetrievalSpec
-from polyrec.data.dataset import Samples
+from polyrec.data.rows import Samples
 from polyrec.models.layers import FeatureEmbedding, FeatureTables
 
 

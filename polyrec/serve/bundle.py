@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from safetensors.torch import save_file
 
 from polyrec.config import Config
-from polyrec.data.dataset import Catalog, EvalData, history_pairs
+from polyrec.data.rows import Catalog, EvalData, history_pairs
 from polyrec.data.features import FeatureEncoder
 from polyrec.errors import RunError
 from polyrec.models.layers import FeatureTables

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from polyrec.config import TrainSpec
-from polyrec.data.dataset import EvalData, Samples
+from polyrec.data.rows import EvalData, Samples
 from polyrec.errors import ConfigError, RunError, TrainingError
 from polyrec.evaluate.evaluator import evaluate, mean_auc
 from polyrec.models.layers import FeatureEmbedding
