@@ -65,3 +65,26 @@ def test_feature_encoding_oov_missing_buckets_numeric_multi():
     assert tags[1].tolist()[0] == MISSING and side.multi[0][1, 1] == PAD
     restored = FeatureEncoder.from_json(enc.to_json())
     assert (restored.transform(new, "item").cat == side.cat).all()
+
+
+def test_a_splits_negatives_avoid_only_what_is_known_by_its_end():
+    """Phase-aware sampling: train negatives avoid the train interactions, valid negatives the train
+    and valid ones, test negatives all; so a user's later items can be a training negative, as
+    any other item the user had not touched yet (avoiding them would favour the test items)."""
+    from polyrec.data.dataset import prepare
+    from tests.conftest import make_config, make_tables
+
+    data = prepare(make_tables(), make_config(data__negatives__per_positive=8))
+    n_items = len(data.catalog.item_ids)
+    key = lambda s: s.user.numpy() * n_items + s.item.numpy()  # noqa: E731
+    train = key(data.train)[data.train.labels[:, 0].numpy() == 1]
+    valid, test = key(data.valid.interactions), key(data.test.interactions)
+    drawn = {}
+    for name, samples in (("train", data.train), ("valid", data.valid.samples), ("test", data.test.samples)):
+        negative = samples.labels[:, 0].numpy() == 0
+        drawn[name] = key(samples)[negative]
+    assert not np.isin(drawn["train"], train).any()
+    assert not np.isin(drawn["valid"], np.r_[train, valid]).any()
+    assert not np.isin(drawn["test"], np.r_[train, valid, test]).any()
+    assert np.isin(drawn["train"], np.r_[valid, test]).sum() > 10   # the future is not avoided
+    assert np.isin(drawn["valid"], test).sum() > 0

@@ -112,7 +112,10 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
     else:
         split = split_rows(user, item, time, spec.split, spec.seed)
         positive = np.ones(len(inter), bool)
-    interacted = np.unique(user[positive] * len(catalog.item_ids) + item[positive])
+    keys = user * len(catalog.item_ids) + item
+    # what is known by the end of each split (its negatives avoid that and no more: a user's later
+    # items are as unseen at training time as any other item, and avoiding them would favour them)
+    known_by = {code: np.unique(keys[positive & (split <= code)]) for code in SPLITS.values()}
     cold_items = cold_item_indices(spec, catalog)
     catalog.cold_item_ids = [catalog.item_ids[i] for i in cold_items]
     held_out = np.isin(item, cold_items) & (split != TEST)
@@ -125,8 +128,8 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
 
     # train and valid negatives never show a cold item either
     cold_pairs = (np.arange(len(catalog.user_ids))[:, None] * len(catalog.item_ids) + cold_items).ravel()
-    with_cold = np.union1d(interacted, cold_pairs)
-    excluded = {TRAIN: with_cold, VALID: with_cold, TEST: interacted}
+    excluded = {TRAIN: np.union1d(known_by[TRAIN], cold_pairs), VALID: np.union1d(known_by[VALID], cold_pairs),
+                TEST: known_by[TEST]}
     rng = np.random.default_rng(spec.seed)
     neg_labels = np.full(len(tasks), np.nan, np.float32)
     for t, task in enumerate(tasks):
@@ -161,7 +164,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
             stats = torch.from_numpy(statistics(log, u, i, t, config.stats.window, config.stats.shrinkage))
         return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y), spans, stats)
 
-    train = samples_of(TRAIN) if found is None else stream.TrainStream(config, found, catalog, interacted)
+    train = samples_of(TRAIN) if found is None else stream.TrainStream(config, found, catalog)
 
     def eval_of(code: int) -> EvalData:
         rows, earlier = (split == code) & positive, (split < code) & positive

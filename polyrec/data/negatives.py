@@ -10,9 +10,9 @@ def sample_negatives(user: np.ndarray, per_row: int, interacted_keys: np.ndarray
                      rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
     """For each entry of ``user``, ``per_row`` item indices outside the user's interactions.
 
-    ``interacted_keys`` is the sorted array of ``user * n_items + item`` over all of
-    the data, so negatives never collide with any split. Rejection sampling is fully
-    vectorized: only the rejected draws are redrawn.
+    ``interacted_keys`` is the sorted array of ``user * n_items + item`` a negative must avoid
+    (for a split: what is known by its end). Rejection sampling is fully vectorized: only the
+    rejected draws are redrawn.
     """
     users = np.repeat(user, per_row).astype(np.int64)
     items = rng.integers(0, n_items, size=len(users))

@@ -8,8 +8,9 @@ vocabularies are fitted on. Memory then holds the tables, the vocabularies and o
 whatever the file's size.
 
 Where streaming must differ from rows in memory: a sampled negative avoids the user's
-interactions among the valid and test rows and the rows read with it, not all of the user's
-training interactions (those are not in memory); the shuffle is a random order of row groups and
+interactions among the rows read with it, not all of the user's training interactions (those are
+not in memory; like the in-memory rows', it never avoids the later valid and test interactions,
+which training does not know); the shuffle is a random order of row groups and
 a shuffled buffer, not a permutation of the whole file. Under torchrun each process reads its own
 row groups (so the file needs at least as many row groups as processes).
 """
@@ -156,14 +157,13 @@ class TrainStream:
 
     per_process = True   # under torchrun each process reads its own row groups: its batches are its own
 
-    def __init__(self, config: Config, found: Scan, catalog: Catalog, interacted: np.ndarray):
+    def __init__(self, config: Config, found: Scan, catalog: Catalog):
         spec = config.data
         self.reader, self.tasks, self.shuffle_buffer = RowReader(config), config.tasks, spec.shuffle_buffer
         self.groups = row_groups(spec.train)
         self.user_ids, self.item_ids = pa.array(catalog.user_ids, pa.string()), pa.array(catalog.item_ids, pa.string())
         self.n_items, self.per_positive = len(catalog.item_ids), spec.negatives.per_positive
         self.negative_labels = np.array([spec.negatives.labels.get(t.col, np.nan) for t in self.tasks], np.float32)
-        self.interacted = interacted   # sorted user * n_items + item keys a negative must avoid
         self.rows = found.rows + self.per_positive * found.positives
         extra = self.per_positive * found.positives * np.nan_to_num(self.negative_labels)
         counted = found.label_counts + self.per_positive * found.positives * ~np.isnan(self.negative_labels)
@@ -220,7 +220,7 @@ class TrainStream:
         if not self.per_positive:
             return user, item, labels
         positive = interaction_rows(labels, self.tasks)
-        avoid = np.sort(np.concatenate([self.interacted, user[positive] * self.n_items + item[positive]]))
+        avoid = np.unique(user[positive] * self.n_items + item[positive])
         negatives = sample_negatives(user[positive], self.per_positive, avoid, self.n_items, rng)
         return (np.concatenate([user, np.repeat(user[positive], self.per_positive)]),
                 np.concatenate([item, negatives]),
