@@ -156,7 +156,7 @@ def content_popularity(cfg: Config, data: PreparedData, seed: int) -> torch.Tens
     items = data.item_table
     year = pd.get_dummies(items["release_year"].astype(str)).to_numpy(np.float32)
     genres = pd.get_dummies(items["genres"].explode()).groupby(level=0).max().to_numpy(np.float32)
-    vectors = encode_text(cfg.text, data.user_table, items, {}, progress=False).item.numpy()
+    vectors = encode_text(cfg.text, data.user_table, items, progress=False).item.numpy()
     x = torch.from_numpy(np.hstack([year, genres, vectors, np.ones((len(items), 1), np.float32)])).double()
     counts = data.interaction_counts()[1]
     warm = np.flatnonzero(counts > 0)

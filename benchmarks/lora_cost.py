@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     base = select_tasks(quickstart_config(["train.progress=false"]), ["watch", "like"])
     torch.set_num_threads(base.train.threads or 2)
     data = load_prepared(base)
-    data = data.with_text(encode_text(base.text, data.user_table, data.item_table, data.train_history, False))
+    data = data.with_text(encode_text(base.text, data.user_table, data.item_table, False))
     batches = data.train.subset(torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[
         :args.steps * 1024])
     frozen = step_seconds(base, data, batches)

@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     base = Config.from_yaml(DEFAULT_CONFIG, ["train.progress=false", "history={}"])
     data = load_prepared(base)     # with histories: variants without a history section ignore them
-    data = data.with_text(encode_text(base.text, data.user_table, data.item_table, data.train_history, False))
+    data = data.with_text(encode_text(base.text, data.user_table, data.item_table, False))
     todo = [(f"{name}/{seed}", Config.from_yaml(DEFAULT_CONFIG, ["train.progress=false", f"train.seed={seed}",
                                                                  *overrides]))
             for name, overrides in VARIANTS.items() for seed in SEEDS]

@@ -192,7 +192,9 @@ class TextSpec(_Strict):
 
     ``item_template`` / ``user_template`` are Python format strings over table columns
     (``"{title} ({year}). Genres: {genres}"``). ``user_history`` > 0 adds the mean text
-    embedding of the user's last N training-period items. ``mode``: ``frozen`` encodes
+    embedding of the user's last N items strictly before the row's time (train rows: of the train
+    period; valid and test rows and recommendations: of the train and valid periods, as the
+    ``history`` section reads them). ``mode``: ``frozen`` encodes
     once (cached on disk) and trains a small adaptor; ``lora`` fine-tunes the encoder's
     attention with LoRA adapters jointly with the tasks.
     """
@@ -395,10 +397,10 @@ class Config(_Strict):
             if name not in categorical or not 0 <= p < 1:
                 raise ValueError(f"model.oov_dropout: '{name}: {p}' needs a categorical or bucket feature "
                                  f"({sorted(categorical)}) and a probability in [0, 1)")
-        for section in ("history", "stats"):
-            if getattr(self, section) is not None and (self.data.time_col is None or self.data.item_col is None):
+        for section in ("history", "stats", "text.user_history"):
+            if self._reads(section) and (self.data.time_col is None or self.data.item_col is None):
                 raise ValueError(f"{section} reads interactions in time order: it needs data.time_col and "
-                                 f"data.item_col (or remove the {section} section)")
+                                 f"data.item_col (or turn {section} off)")
         if self.history is not None:
             if self.history.encoder == "transformer" and self.model.embed_dim % self.history.heads:
                 raise ValueError(f"history.heads ({self.history.heads}) must divide model.embed_dim "
@@ -454,6 +456,21 @@ class Config(_Strict):
         if unknown or not any(weights.values()):
             raise ValueError(f"{where}: weights must name scores among {scores} and not all be 0; "
                              f"got {dict(weights)}")
+
+    def _reads(self, name: str) -> bool:
+        return bool(self.text and self.text.user_history) if name == "text.user_history" else \
+            getattr(self, name) is not None
+
+    @property
+    def reads_history(self) -> bool:
+        """Whether rows read the user's earlier interactions (the ``history`` section or
+        ``text.user_history``): each row then carries its span of the event log."""
+        return self._reads("history") or self._reads("text.user_history")
+
+    @property
+    def reads_events(self) -> bool:
+        """Whether the event logs of the interactions are kept: for histories or statistics."""
+        return self.reads_history or self.stats is not None
 
     def id_feature(self, side: str) -> str | None:
         """The categorical feature holding the user's or item's ID (read from data.user_col / item_col)."""

@@ -30,7 +30,7 @@ from polyrec.serve.bundle import (
 )
 from polyrec.serve.explain import attended_items, nearest_items
 from polyrec.serve.rerank import Diversity, Exposure, field_vectors, fuse, topk_items
-from polyrec.text.inputs import UserTextLayout, encode_text
+from polyrec.text.inputs import encode_text
 from polyrec.train.log import TrainLog
 from polyrec.train.trainer import TrainResult, seed_everything, train
 from polyrec.weighting import build_weighting
@@ -82,8 +82,7 @@ class MultiTaskRecommender:
             raise RunError("resume=True continues from the checkpoint in log_dir: pass the log_dir of the run "
                            "to continue")
         if cfg.text is not None and data.text is None:
-            data = data.with_text(encode_text(cfg.text, data.user_table, data.item_table, data.train_history,
-                                              cfg.train.progress))
+            data = data.with_text(encode_text(cfg.text, data.user_table, data.item_table, cfg.train.progress))
         seed_everything(cfg.train.seed, cfg.train.threads)
         self.encoder, self.catalog, self.history = data.encoder, data.catalog, data.user_history
         self.test, self.text = data.test, data.text
@@ -408,7 +407,7 @@ class MultiTaskRecommender:
     def _because(self, user: int, top: list[int], history: np.ndarray, explain: int) -> list[list[int]]:
         """Per recommended item, up to ``explain`` of the user's earlier items behind it: those the
         history attention weighed most, else (with item text) the closest in the language model's space."""
-        if self.model.events is not None and self.config.history.encoder == "attention":
+        if self.config.history is not None and self.config.history.encoder == "attention":
             return attended_items(self.model, user, top, explain)
         return nearest_items(self.model.tables.item_text, top, history, explain)
 
@@ -530,14 +529,8 @@ class MultiTaskRecommender:
             raise DataError(f"add_users: {len(ids)} users but {len(recent)} recent-item lists; give one list per user")
         recent = [np.array([self._item_index(i) for i in items], np.int64) for items in (recent or [[]] * len(ids))]
         side = self._encode_new(users, "user")
-        if self.config.text is not None:
+        if self.config.text is not None and self.config.text.user_template:
             side.text = self.text.new_users(users, self._text_encoder)
-            if self.config.text.user_history:
-                last = self.config.text.user_history
-                history = UserTextLayout.of(self.config.text).part(side.text, "history")
-                for row, items in enumerate(recent):
-                    if len(items):   # whitening is affine: the mean of whitened vectors is the whitened mean
-                        history[row] = self.text.item[torch.from_numpy(items[-last:])].mean(0)
         first = len(self.catalog.user_ids)
         self.model.tables.append("user", side)
         self.model.append_counts("user", len(ids))

@@ -8,7 +8,9 @@ A search space is a YAML mapping from config keys to ranges or choices::
     history.length: {choices: [10, 20, 50]}
 
 The rows and the split stay fixed (``data.*`` cannot be searched), so every trial is scored on
-the same validation rows, and the test split is never read.
+the same validation rows, and the test split is never read. What a row reads besides its pair
+(its history span, its statistics at its own moment) is prepared for each trial's settings:
+a trial that changes ``stats.*`` reads statistics computed with them, never today's.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from polyrec.config import Config, read_yaml
 from polyrec.data.dataset import PreparedData, prepare
 from polyrec.data.sources import load_tables
+from polyrec.data.tables import Tables
 from polyrec.errors import ConfigError
 
 
@@ -71,19 +74,24 @@ def read_space(path: str | Path) -> dict[str, Range]:
 
 
 def tune(config: Config, space: dict[str, Range], trials: int, seed: int = 0,
-         data: PreparedData | None = None) -> tuple[Config, list[dict]]:
+         tables: Tables | None = None) -> tuple[Config, list[dict]]:
     """The best config found in ``trials`` trials (by the best epoch's validation mean AUC) and
-    every trial's record (number, state, value, params)."""
+    every trial's record (number, state, value, params); ``tables``: the data (default: the
+    config's). Each trial trains on rows prepared for what it reads (:func:`rows_settings`)."""
     try:
         import optuna
     except ImportError:
         raise ConfigError("polyrec tune needs Optuna: pip install 'polyrec[tune]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if data is None:
-        # with history spans when any trial may read histories (ID-only models ignore them)
-        spans = config.history is not None or any(k.startswith("history") for k in space)
-        rows_config = config if config.history is not None or not spans else config.with_overrides(["history={}"])
-        data = prepare(load_tables(config.data), rows_config)
+    tables = tables if tables is not None else load_tables(config.data)
+    prepared: dict[str, PreparedData] = {}
+
+    def rows_for(trial_config: Config) -> PreparedData:
+        key = rows_settings(trial_config)
+        if key not in prepared:
+            prepared[key] = prepare(tables, trial_config)
+        return prepared[key]
+
     quiet = config.with_overrides(["train.progress=false"])
 
     def objective(trial) -> float:
@@ -100,7 +108,7 @@ def tune(config: Config, space: dict[str, Range], trials: int, seed: int = 0,
                 raise optuna.TrialPruned()
 
         from polyrec.recommender import MultiTaskRecommender
-        result = MultiTaskRecommender(trial_config).fit_prepared(data, on_epoch=report).result
+        result = MultiTaskRecommender(trial_config).fit_prepared(rows_for(trial_config), on_epoch=report).result
         return result.history[result.best_epoch - 1]["valid_mean_auc"]
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
@@ -119,6 +127,13 @@ def tune(config: Config, space: dict[str, Range], trials: int, seed: int = 0,
         raise ConfigError(f"no trial of {trials} completed (all pruned or refused); widen the space or add trials")
     best = config.with_overrides([f"{k}={json.dumps(v)}" for k, v in study.best_trial.params.items()])
     return best, records
+
+
+def rows_settings(config: Config) -> str:
+    """What the prepared rows depend on beyond the (fixed) data section: whether they carry their
+    history spans, and the statistics each row reads at its own moment (``stats.*``)."""
+    return json.dumps({"history": config.reads_history,
+                       "stats": config.stats.model_dump() if config.stats is not None else None})
 
 
 def config_yaml(config: Config, note: str) -> str:

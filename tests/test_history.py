@@ -56,14 +56,14 @@ def test_a_row_sees_only_earlier_known_interactions():
 def test_event_table_reads_the_last_events_left_padded():
     config = make_config(data__split__method="column", data__negatives__per_positive=0).with_overrides(HISTORY)
     data = prepare(timeline_tables(), config)
-    table = EventTable.of(data.histories, len(data.catalog.user_ids), length=3)
+    table = EventTable.of(data.histories, len(data.catalog.user_ids))
     name = lambda i: data.catalog.item_ids[i]  # noqa: E731
     test = data.test.samples
-    items, feedback, mask = table(test.user, test.history)
+    items, feedback, mask = table(test.user, test.history, 3)
     assert [[name(i) for i, m in zip(row, ok) if m] for row, ok in zip(items.tolist(), mask.tolist())][0] == \
         ["i2", "i3", "i4"]                                    # the last 3 of 4, oldest first
     b = data.catalog.user_index["b"]
-    items, feedback, mask = table(torch.tensor([b]))           # no span: everything known now
+    items, feedback, mask = table(torch.tensor([b]), None, 3)  # no span: everything known now
     assert mask.tolist() == [[False, True, True]] and [name(i) for i in items[0, 1:].tolist()] == ["i1", "i2"]
     # what the user did: click 1, buy 0, stars standardized by the train rows' (all 4): 0 with a flag
     assert feedback[0, 2].tolist() == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
@@ -186,6 +186,9 @@ def test_a_new_user_with_recent_items_is_read_through_them():
 def test_history_off_is_unchanged_and_history_needs_time():
     with pytest.raises(ConfigError, match="time_col"):
         make_config(data__time_col="null").with_overrides(HISTORY)
+    with pytest.raises(ConfigError, match="text.user_history reads interactions in time order"):
+        make_config(data__time_col="null", data__split__method="random").with_overrides(
+            ["text.item_template={name}", "text.user_history=3"])
     data = prepare(make_tables(), make_config())
     assert data.train.history is None and data.histories is None
 

@@ -6,11 +6,12 @@ import torch
 
 from polyrec.data.dataset import prepare
 from polyrec.errors import DataError
+from polyrec.evaluate.evaluator import predict_logits
 from polyrec.models.network import model_for
 from polyrec.objective import Objective
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.text.encoder import TextEncoder
-from polyrec.text.inputs import Whitening, encode_text, history_text
+from polyrec.text.inputs import Whitening, encode_text
 from polyrec.text.lora import LoraItemEncoder
 from polyrec.text.templates import render
 from tests.conftest import make_config, make_tables
@@ -64,7 +65,7 @@ def test_cold_items_never_reach_train_or_valid(config):
 
 def prepare_with_text(tables, cfg):
     data = prepare(tables, cfg)
-    return data.with_text(encode_text(cfg.text, data.user_table, data.item_table, data.train_history, False))
+    return data.with_text(encode_text(cfg.text, data.user_table, data.item_table, False))
 
 
 def test_gradients_reach_every_text_parameter(tmp_path):
@@ -182,20 +183,57 @@ def test_a_run_directory_does_not_choose_where_files_go_or_which_model_loads(tmp
     assert out.exit_code == 0 and "x1" in {item["item_id"] for item in json.loads(out.stdout)["items"]}
 
 
-def test_low_cardinality_profile_text_keeps_the_user_text_layout(tmp_path):
-    """Two distinct profiles give a whitening of rank 1: its vector is still whiten_dim wide, so
-    the history part sits where the model reads it."""
+def test_low_cardinality_profile_text_is_still_whiten_dim_wide(tmp_path):
+    """Two distinct profiles give a whitening of rank 1: its vector is still whiten_dim wide."""
     cfg = text_config(tmp_path, "text.user_template=from {country}")
     tables = make_tables()
     tables.users["country"] = ["de" if u % 2 else "fr" for u in range(len(tables.users))]
     data = prepare_with_text(tables, cfg)
-    layout = data.text.layout
-    assert layout.parts == ("profile", "history") and data.text.user.shape[1] == 2 * 8
-    profile, history = layout.part(data.text.user, "profile"), layout.part(data.text.user, "history")
-    assert (profile[:, 1:] == 0).all() and profile[:, 0].abs().min() > 0   # one informative column, then zeros
-    raw = TextEncoder(cfg.text.model, cfg.text.cache_dir, progress=False).encode(data.text.item_texts)
-    expected = history_text(raw, [data.train_history.get(u, np.zeros(0, int)) for u in range(30)], 3,
-                            data.text.item_whitening)
-    assert torch.allclose(history, torch.from_numpy(expected), atol=1e-5)
+    profile = data.text.user
+    assert profile.shape[1] == 8 and (profile[:, 1:] == 0).all() and profile[:, 0].abs().min() > 0
     rec = MultiTaskRecommender(cfg).fit_prepared(data)
     assert len(rec.recommend("u1", k=3)) == 3
+
+
+def test_history_text_is_the_whitened_mean_of_the_rows_last_earlier_items(tmp_path):
+    cfg = text_config(tmp_path)
+    data = prepare_with_text(make_tables(), cfg)
+    model = model_for(cfg, data)
+    raw = TextEncoder(cfg.text.model, cfg.text.cache_dir, progress=False).encode(data.text.item_texts)
+    events = data.histories.item
+    for samples in (data.train, data.test.samples):
+        got = model.history_text(samples.user, samples.history)
+        for row, (a, b) in enumerate(samples.history.tolist()):
+            items = events[max(a, b - 3):b]
+            expected = data.text.item_whitening(raw[items].mean(0, keepdims=True))[0] if len(items) else np.zeros(8)
+            np.testing.assert_allclose(got[row].numpy(), expected, atol=1e-5)
+    assert (data.test.samples.history[:, 1] - data.test.samples.history[:, 0]).float().mean() > \
+        (data.train.history[:, 1] - data.train.history[:, 0]).float().mean()   # test rows read more of the past
+
+
+def test_a_training_row_reads_no_later_interaction_through_the_history_text(tmp_path):
+    """The user-history text of a row is the user's last items strictly before the row: moving the
+    user's last training interaction to another item changes nothing for the rows before it (with
+    the weights kept at their seeded start, lr ~ 0, and no BatchNorm statistics to learn)."""
+    cfg = text_config(tmp_path, "train.lr=1e-12", "model.batch_norm=false")
+    tables = make_tables()
+    data = prepare(tables, cfg)
+    user = data.catalog.user_index["u0"]
+    last = data.catalog.item_ids[data.train_history[user][-1]]
+    untouched = sorted(set(data.catalog.item_ids) - set(tables.interactions.loc[tables.interactions.user == "u0", "item"]))
+    moved = make_tables()
+    moved.interactions.loc[(moved.interactions.user == "u0") & (moved.interactions.item == last), "item"] = untouched[0]
+
+    def earlier_rows(tables):
+        rec = MultiTaskRecommender(cfg).fit(tables)
+        data = prepare(tables, cfg)
+        train = data.train
+        rows = (train.user == user) & (train.labels[:, 0] == 1) & (train.item != data.catalog.item_index[last]) \
+            & (train.item != data.catalog.item_index[untouched[0]])
+        logits = predict_logits(rec.model, train.user[rows], train.item[rows], train.context(rows))
+        order = torch.argsort(train.item[rows])
+        return train.item[rows][order], logits[order]
+
+    (items, before), (same_items, after) = earlier_rows(tables), earlier_rows(moved)
+    assert len(items) >= 5 and torch.equal(items, same_items)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)

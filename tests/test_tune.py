@@ -3,6 +3,7 @@ and refuses spaces that would change the rows or files it did not write."""
 import json
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -14,6 +15,15 @@ from polyrec.tune import read_space, tune
 from tests.conftest import BASE, make_config, make_tables
 
 runner = CliRunner()
+
+
+def read_space_text(text, folder=None):
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(folder or tmp) / "space.yaml"
+        path.write_text(text)
+        return read_space(path)
 
 
 def project(tmp_path):
@@ -31,8 +41,7 @@ def test_tune_keeps_the_best_trial_by_validation(tmp_path):
                           "model.n_experts: {low: 2, high: 4}\n")
     space = read_space(space_file)
     config = make_config()
-    data = prepare(make_tables(), config.with_overrides(["history={}"]))
-    best, records = tune(config, space, trials=4, seed=1, data=data)
+    best, records = tune(config, space, trials=4, seed=1, tables=make_tables())
     done = [r for r in records if r["state"] == "complete"]
     top = max(done, key=lambda r: r["valid_mean_auc"])
     assert len(records) == 4 and set(top["params"]) == {"train.lr", "history.length", "model.n_experts"}
@@ -67,3 +76,22 @@ def test_bad_search_spaces_are_named(tmp_path, text, message):
     (tmp_path / "space.yaml").write_text(text + "\n")
     with pytest.raises(ConfigError, match=message):
         read_space(tmp_path / "space.yaml")
+
+
+def test_trials_that_change_the_statistics_train_on_rows_with_their_own(monkeypatch):
+    """A trial's ``stats.*`` keys change what each row reads (its statistics at its own moment):
+    every trial trains on rows prepared with its own settings, never on "now" statistics."""
+    from polyrec.recommender import MultiTaskRecommender
+    seen, fit = [], MultiTaskRecommender.fit_prepared
+
+    def spy(self, data, *args, **kwargs):
+        seen.append((self.config, data))
+        return fit(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(MultiTaskRecommender, "fit_prepared", spy)
+    space = {"stats.window": read_space_text("stats.window: {choices: [15, 40]}")["stats.window"]}
+    tune(make_config(history="{}"), space, trials=3, seed=0, tables=make_tables())
+    assert {cfg.stats.window for cfg, _ in seen} == {15, 40}
+    for cfg, data in seen:
+        expected = prepare(make_tables(), cfg).train.stats
+        assert data.train.stats is not None and torch.equal(data.train.stats, expected)

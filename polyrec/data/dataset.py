@@ -43,7 +43,7 @@ class PreparedData:
     users: EncodedSide | None = None
     items: EncodedSide | None = None
     text: TextInputs | None = None        # language-model inputs (with_text), when config.text is set
-    histories: Histories | None = None    # event logs of the rows' histories and statistics (config.history/stats)
+    histories: Histories | None = None    # event logs of the rows' histories and statistics (config.reads_events)
 
     def interaction_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Training-period interactions per catalog user and per catalog item."""
@@ -136,7 +136,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
         neg_labels[t] = spec.negatives.labels.get(task.col, np.nan)
 
     histories = None
-    if config.history is not None or config.stats is not None:
+    if config.reads_events:
         train_labels = labels[(split == TRAIN) & positive]
 
         def log(rows):
@@ -157,7 +157,7 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
             if t is not None:   # a sampled negative shares its positive's moment, and so its history
                 t = np.concatenate([t, np.repeat(time[rows & positive], k)])
         spans = stats = None
-        if config.history is not None:
+        if config.reads_history:
             spans = torch.from_numpy(histories.train_spans(u, t) if code == TRAIN else histories.known_spans(u, t))
         if config.stats is not None:
             log = histories.train if code == TRAIN else histories.known

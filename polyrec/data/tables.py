@@ -61,8 +61,7 @@ def validate(tables: Tables, config: Config) -> Tables:
     inter = tables.interactions.copy()
     label_cols = list(dict.fromkeys(t.col for t in config.tasks))
     need = [spec.user_col, *([spec.item_col] if spec.item_col else []), *label_cols]
-    if spec.split.method in ("temporal", "leave_last_out") or config.history is not None \
-            or config.stats is not None:
+    if spec.split.method in ("temporal", "leave_last_out") or config.reads_events:
         need.append(spec.time_col)
     if spec.split.given:
         need.append(spec.split.column)

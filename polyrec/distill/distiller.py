@@ -42,7 +42,7 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     seed_everything(config.train.seed, config.train.threads)
     # rows carry histories and statistics when the teacher or the student reads them
     rows_config = config.model_copy(update={k: getattr(config, k) or getattr(teacher.config, k)
-                                            for k in ("history", "stats")})
+                                            for k in ("history", "stats", "text")})
     data = prepare(tables if tables is not None else load_tables(config.data), rows_config)
     if data.catalog.user_ids != teacher.catalog.user_ids or data.catalog.item_ids != teacher.catalog.item_ids:
         raise DataError("the student's data does not have the teacher's users and items: distill from the "
@@ -136,7 +136,7 @@ def train_period_context(data: PreparedData, config: Config, users: torch.Tensor
     """For (user, item) pairs scored at the end of the train period (pairs a teacher labels for
     training): the user's whole train-period history and the pair's statistics then."""
     out = {}
-    if config.history is not None:
+    if config.reads_history:
         out["history"] = torch.from_numpy(data.histories.train_spans(users.numpy()))
     if config.stats is not None:
         out["stats"] = torch.from_numpy(statistics(data.histories.train, users.numpy(), items.numpy(), None,

@@ -16,9 +16,8 @@ class EventTable(nn.Module):
     span of the log, or, for a row without one (recommending, scoring new pairs), the user's
     span of everything known ("now")."""
 
-    def __init__(self, item: torch.Tensor, feedback: torch.Tensor, now: torch.Tensor, length: int):
+    def __init__(self, item: torch.Tensor, feedback: torch.Tensor, now: torch.Tensor):
         super().__init__()
-        self.length = length
         if len(item) == 0:  # keep one masked-out event, so gathers have something to index
             item, feedback = torch.zeros(1, dtype=torch.long), torch.zeros(1, feedback.shape[1])
         self.register_buffer("item", item)
@@ -26,14 +25,13 @@ class EventTable(nn.Module):
         self.register_buffer("now", now)
 
     @classmethod
-    def of(cls, histories: Histories, n_users: int, length: int) -> EventTable:
+    def of(cls, histories: Histories, n_users: int) -> EventTable:
         now = histories.known_spans(torch.arange(n_users).numpy())
-        return cls(torch.from_numpy(histories.item), torch.from_numpy(histories.feedback), torch.from_numpy(now),
-                   length)
+        return cls(torch.from_numpy(histories.item), torch.from_numpy(histories.feedback), torch.from_numpy(now))
 
     @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor], length: int, prefix: str = "events.") -> EventTable:
-        return cls(*(state[prefix + key] for key in ("item", "feedback", "now")), length)
+    def from_state(cls, state: dict[str, torch.Tensor], prefix: str = "events.") -> EventTable:
+        return cls(*(state[prefix + key] for key in ("item", "feedback", "now")))
 
     def append_users(self, count: int) -> None:
         """New users start with an empty history."""
@@ -46,11 +44,11 @@ class EventTable(nn.Module):
         self.feedback = torch.cat([self.feedback, self.feedback.new_zeros(len(items), self.feedback.shape[1])])
         self.now[user] = torch.tensor([start, start + len(items)])
 
-    def forward(self, user: torch.Tensor, spans: torch.Tensor | None = None):
-        """Items [B, L] and feedback [B, L, F] of each row's last L events, oldest first and
-        left-padded; mask [B, L] is True on real events."""
+    def forward(self, user: torch.Tensor, spans: torch.Tensor | None, length: int):
+        """Items [B, L] and feedback [B, L, F] of each row's last L = ``length`` events, oldest first
+        and left-padded; mask [B, L] is True on real events."""
         spans = self.now[user] if spans is None else spans
-        index = spans[:, 1:] - self.length + torch.arange(self.length, device=spans.device)   # [B, L]
+        index = spans[:, 1:] - length + torch.arange(length, device=spans.device)   # [B, L]
         mask = index >= spans[:, :1]
         index = index.masked_fill(~mask, 0)
         return self.item[index], self.feedback[index], mask

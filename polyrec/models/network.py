@@ -54,13 +54,13 @@ class TaskNetwork(nn.Module):
         self.towers = GroupedMLP(self.body.out_dim, spec.tower_dims, n_tasks, spec.dropout, spec.batch_norm)
         self.heads = GroupedLinear(self.towers.out_dim, 1, n_tasks)
 
-    def forward(self, cat, multi, num, item_text, user_text, events=None, counts=None):
+    def forward(self, cat, multi, num, item_text, user_text, history_text=None, events=None, counts=None):
         x = self.embedding(cat, multi, num)              # [B, D]
         for side, generator in self.generators.items():
             x = generator(x, self.embedding, cat, multi, num, item_text if side == "item" else user_text,
                           counts[side])
         if self.text is not None:
-            x = torch.cat([x, self.text(item_text, user_text)], 1)
+            x = torch.cat([x, self.text(item_text, user_text, history_text)], 1)
         if self.history is not None:
             x = torch.cat([x, self.read_history(cat, events)[0]], 1)
         per_task, shared = self.body(x)                  # [B, T, H], [B, S, H]
@@ -85,8 +85,9 @@ class MultiTaskModel(nn.Module):
     while training, the value is replaced by OOV with that probability, so the model
     learns to score an item whose ID it has never seen from its other features and text.
     ``item_encoder`` (LoRA mode) computes item text embeddings instead of the table's.
-    ``events`` (with ``history``): the behaviour histories rows read; ``stats`` (with a stats
-    section): the statistics known now (see :meth:`forward`).
+    ``events`` (with ``history`` or ``text.user_history``): the interactions rows read as their
+    history (the behaviour history block's events, and the items whose mean text is the user's
+    history text); ``stats`` (with a stats section): the statistics known now (see :meth:`forward`).
     """
 
     def __init__(self, tables: FeatureTables, num_embeddings: int, n_tasks: int, spec: ModelSpec,
@@ -105,7 +106,9 @@ class MultiTaskModel(nn.Module):
         self.oov_dropout = list(oov_dropout)
         self.item_encoder = item_encoder
         self.events, self.stats = events, stats
-        self.history_text = history is not None and history.text and text is not None
+        self.history_length = history.length if history is not None else 0
+        self.event_text = history is not None and history.text and text is not None
+        self.text_history = text.user_history if text is not None else 0   # events in the history text
         n_feedback = events.feedback.shape[1] if events is not None else 0
         n_stats = stats.width if stats is not None else 0
         net = lambda tasks, arch: TaskNetwork(num_embeddings, tables, tasks, spec, arch, text, history,  # noqa: E731
@@ -138,17 +141,26 @@ class MultiTaskModel(nn.Module):
                 cat[drop, column] = oov
         if self.item_encoder is not None:
             item_text = self.item_encoder(item)
-        events = self._events(user, item, history)[0] if self.events is not None else None
+        events = self._events(user, item, history)[0] if self.history_length else None
+        history_text = self.history_text(user, history) if self.text_history else None
         counts = {"user": self.user_count[user], "item": self.item_count[item]} if self.cold_start else None
-        outputs = [net(cat, multi, num, item_text, user_text, events, counts) for net in self.nets]
+        outputs = [net(cat, multi, num, item_text, user_text, history_text, events, counts) for net in self.nets]
         return torch.cat([logits for logits, _ in outputs], 1), outputs[0][1] if len(outputs) == 1 else None
 
     def _events(self, user: torch.Tensor, item: torch.Tensor, spans: torch.Tensor | None):
         """What a history block reads, gathered once for every network, and the event items [B, L]."""
-        items, feedback, mask = self.events(user, spans)
+        items, feedback, mask = self.events(user, spans, self.history_length)
         text = self.tables.item_text
-        return (self.tables.item_cat, items, feedback, mask, text[items] if self.history_text else None,
-                text[item] if self.history_text else None), items
+        return (self.tables.item_cat, items, feedback, mask, text[items] if self.event_text else None,
+                text[item] if self.event_text else None), items
+
+    def history_text(self, user: torch.Tensor, spans: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, E] the user-history text of each row: the mean (whitened, frozen) text of the user's last
+        ``text.user_history`` events of its span (strictly before the row; without spans, everything
+        known now); zeros for an empty history."""
+        items, _, mask = self.events(user, spans, self.text_history)
+        weights = mask.unsqueeze(-1).to(self.tables.item_text.dtype)
+        return (self.tables.item_text[items] * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     @torch.no_grad()
     def attended_events(self, user: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -280,7 +292,7 @@ def model_for(config, data, item_encoder: nn.Module | None = None) -> MultiTaskM
     """A new model for :class:`~polyrec.data.dataset.PreparedData`: its encoded tables and, with
     history and stats sections, its event logs and statistics."""
     n_users, n_items = len(data.catalog.user_ids), len(data.catalog.item_ids)
-    events = EventTable.of(data.histories, n_users, config.history.length) if config.history is not None else None
+    events = EventTable.of(data.histories, n_users) if config.reads_history else None
     stats = StatsTable.of(data.histories, n_users, n_items, config.stats) if config.stats is not None else None
     model = build_model(config, data.encoder, FeatureTables(data.users, data.items), item_encoder, events, stats)
     if config.cold_start is not None:

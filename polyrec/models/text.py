@@ -7,7 +7,6 @@ from torch import nn
 
 from polyrec.config import TextSpec
 from polyrec.models.layers import GroupedLinear
-from polyrec.text.inputs import UserTextLayout
 
 
 class TextAdaptor(nn.Module):
@@ -31,32 +30,31 @@ class TextAdaptor(nn.Module):
 class TextBlock(nn.Module):
     """Item text, user profile text and user history text → one input vector for the shared body.
 
-    The item and the user's history go through the same adaptor, so their product and the
-    raw cosine say "how close is this item to what the user watched": a concatenation of
-    the two alone cannot express that to the layers above.
+    The item and the user's history (the mean text of the row's earlier items) go through the
+    same adaptor, so their product and the raw cosine say "how close is this item to what the
+    user watched": a concatenation of the two alone cannot express that to the layers above.
     """
 
     def __init__(self, spec: TextSpec):
         super().__init__()
-        self.layout = UserTextLayout.of(spec)
-        self.has_item, self.has_profile = bool(spec.item_template), "profile" in self.layout.parts
-        self.has_history = "history" in self.layout.parts
+        self.has_item, self.has_profile = bool(spec.item_template), bool(spec.user_template)
+        self.has_history = bool(spec.user_history)
         make = lambda: TextAdaptor(spec.whiten_dim, spec.dim, spec.adaptor_experts)  # noqa: E731
         self.item_adaptor = make() if self.has_item else None
         self.profile_adaptor = make() if self.has_profile else None
         pair = self.has_item and self.has_history
         self.out_dim = spec.dim * (self.has_item + self.has_profile + self.has_history + pair) + pair
 
-    def forward(self, item_text: torch.Tensor, user_text: torch.Tensor) -> torch.Tensor:
-        # item_text [B, E] (or [B, 0]); user_text [B, layout.dim]
+    def forward(self, item_text: torch.Tensor, profile_text: torch.Tensor,
+                history_text: torch.Tensor | None = None) -> torch.Tensor:
+        # item_text [B, E] (or [B, 0]); profile_text [B, E] (or [B, 0]); history_text [B, E]
         parts = []
         if self.has_item:
             item = self.item_adaptor(item_text)
             parts.append(item)
         if self.has_profile:
-            parts.append(self.profile_adaptor(self.layout.part(user_text, "profile")))
+            parts.append(self.profile_adaptor(profile_text))
         if self.has_history:
-            raw_history = self.layout.part(user_text, "history")
-            history = self.item_adaptor(raw_history)
-            parts += [history, item * history, F.cosine_similarity(item_text, raw_history, eps=1e-6).unsqueeze(1)]
+            history = self.item_adaptor(history_text)
+            parts += [history, item * history, F.cosine_similarity(item_text, history_text, eps=1e-6).unsqueeze(1)]
         return torch.cat(parts, 1)

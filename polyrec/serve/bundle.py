@@ -111,7 +111,7 @@ def _model(config: Config, encoder: FeatureEncoder, state: dict[str, torch.Tenso
     if config.text is not None and config.text.mode == "lora":
         from polyrec.text.lora import LoraItemEncoder
         item_encoder = LoraItemEncoder.from_state(config.text, state)
-    events = EventTable.from_state(state, config.history.length) if config.history is not None else None
+    events = EventTable.from_state(state) if config.reads_history else None
     stats = StatsTable.from_state(state) if config.stats is not None else None
     model = build_model(config, encoder, tables, item_encoder, events, stats)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -1,10 +1,11 @@
-"""Text inputs of a catalog: item text, user profile text and user history text, as embeddings.
+"""Text inputs of a catalog: item text and user profile text, as embeddings (the user-history
+text, the mean text of a row's earlier items, is read per row by the model from these item vectors).
 
 Sentence embeddings are whitened (centred, rotated onto their principal axes, scaled to
 unit variance, cut to ``whiten_dim``): anisotropic raw embeddings make every pair look
 alike, and the smaller width keeps the per-row adaptor cheap (BERT-whitening, Su et al. 2021).
-Every whitened vector is exactly ``whiten_dim`` wide (zero beyond the data's rank), so the
-parts of a user's text vector always line up (:class:`UserTextLayout`).
+Every whitened vector is exactly ``whiten_dim`` wide (zero beyond the data's rank). Whitening is
+affine, so the mean of whitened item vectors is the whitened mean of their embeddings.
 """
 from __future__ import annotations
 
@@ -38,50 +39,16 @@ class Whitening:
         return ((x - self.mean) @ self.projection).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class UserTextLayout:
-    """The parts of a user's text vector, in order, each ``width`` columns: ``profile`` (the
-    user template's embedding) and ``history`` (mean embedding of the user's last items)."""
-
-    parts: tuple[str, ...]
-    width: int
-
-    @classmethod
-    def of(cls, spec: TextSpec) -> UserTextLayout:
-        parts = (("profile",) if spec.user_template else ()) + (("history",) if spec.user_history else ())
-        return cls(parts, spec.whiten_dim)
-
-    @property
-    def dim(self) -> int:
-        return len(self.parts) * self.width
-
-    def part(self, user_text: torch.Tensor, name: str) -> torch.Tensor:
-        start = self.parts.index(name) * self.width
-        return user_text[..., start:start + self.width]
-
-    def assemble(self, n_users: int, **parts: np.ndarray) -> np.ndarray:
-        """[n_users, dim] with the given parts in place and zeros for the others (e.g. no history yet)."""
-        out = np.zeros((n_users, self.dim), np.float32)
-        for name, values in parts.items():
-            start = self.parts.index(name) * self.width
-            out[:, start:start + self.width] = values
-        return out
-
-
 @dataclass
 class TextInputs:
     """Whitened text of the catalog plus what is needed to encode new items and users alike."""
 
     spec: TextSpec
     item: torch.Tensor                  # [n_items, whiten_dim] or [n_items, 0]
-    user: torch.Tensor                  # [n_users, layout.dim]
+    user: torch.Tensor                  # [n_users, whiten_dim] (profile text) or [n_users, 0]
     item_whitening: Whitening | None
     profile_whitening: Whitening | None
     item_texts: list[str]               # rendered item templates (LoRA tokenizes them)
-
-    @property
-    def layout(self) -> UserTextLayout:
-        return UserTextLayout.of(self.spec)
 
     def new_items(self, items: pd.DataFrame, encoder: TextEncoder) -> tuple[torch.Tensor, list[str]]:
         """Whitened text [n, whiten_dim] of new items (cold start) and their rendered texts."""
@@ -89,12 +56,11 @@ class TextInputs:
         return torch.from_numpy(self.item_whitening(encoder.encode(texts))), texts
 
     def new_users(self, users: pd.DataFrame, encoder: TextEncoder) -> torch.Tensor:
-        """User text [n, layout.dim] of new users: their profile, and no history yet."""
-        profile = {}
-        if self.spec.user_template:
-            profile["profile"] = self.profile_whitening(encoder.encode(render(self.spec.user_template, users,
-                                                                              "new user text")))
-        return torch.from_numpy(self.layout.assemble(len(users), **profile))
+        """Profile text [n, whiten_dim] (or [n, 0]) of new users."""
+        if not self.spec.user_template:
+            return torch.zeros(len(users), 0)
+        return torch.from_numpy(self.profile_whitening(encoder.encode(render(self.spec.user_template, users,
+                                                                             "new user text"))))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -113,38 +79,19 @@ class TextInputs:
         return cls(spec, item, user, get("item"), get("profile"), [])
 
 
-def encode_text(spec: TextSpec, users: pd.DataFrame, items: pd.DataFrame, sequences: dict[int, np.ndarray],
-                progress: bool = True) -> TextInputs:
-    """Text inputs in catalog order; whitening is fitted on these catalog rows.
-
-    User text follows :class:`UserTextLayout`: the profile embedding (``user_template``), then
-    the mean embedding of the user's last ``user_history`` items in ``sequences`` (oldest first);
-    a user with no history gets zeros there.
-    """
+def encode_text(spec: TextSpec, users: pd.DataFrame, items: pd.DataFrame, progress: bool = True) -> TextInputs:
+    """Text inputs in catalog order; whitening is fitted on these catalog rows."""
     encoder = TextEncoder(spec.model, spec.cache_dir, spec.batch_size, progress)
     item_w = profile_w = None
-    raw_items = item_text = np.zeros((len(items), 0), np.float32)
+    item_text = np.zeros((len(items), 0), np.float32)
+    user_text = np.zeros((len(users), 0), np.float32)
     texts = render(spec.item_template, items, "text.item_template") if spec.item_template else []
     if spec.item_template:
         raw_items = encoder.encode(texts)
         item_w = Whitening.fit(raw_items, spec.whiten_dim)
         item_text = item_w(raw_items)
-    parts = {}
     if spec.user_template:
         raw_profiles = encoder.encode(render(spec.user_template, users, "text.user_template"))
         profile_w = Whitening.fit(raw_profiles, spec.whiten_dim)
-        parts["profile"] = profile_w(raw_profiles)
-    if spec.user_history:
-        histories = [sequences.get(u, np.zeros(0, np.int64)) for u in range(len(users))]
-        parts["history"] = history_text(raw_items, histories, spec.user_history, item_w)
-    user_text = UserTextLayout.of(spec).assemble(len(users), **parts)
+        user_text = profile_w(raw_profiles)
     return TextInputs(spec, torch.from_numpy(item_text), torch.from_numpy(user_text), item_w, profile_w, texts)
-
-
-def history_text(raw_items: np.ndarray, histories: list[np.ndarray], last: int, whitening: Whitening) -> np.ndarray:
-    """Whitened mean embedding of each history's ``last`` items; zeros for an empty history."""
-    out = np.zeros((len(histories), whitening.projection.shape[1]), np.float32)
-    for row, items in enumerate(histories):
-        if len(items):
-            out[row] = whitening(raw_items[items[-last:]].mean(0, keepdims=True))[0]
-    return out
