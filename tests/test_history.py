@@ -188,7 +188,7 @@ def test_history_off_is_unchanged_and_history_needs_time():
         make_config(data__time_col="null").with_overrides(HISTORY)
     with pytest.raises(ConfigError, match="text.user_history reads interactions in time order"):
         make_config(data__time_col="null", data__split__method="random").with_overrides(
-            ["text.item_template={name}", "text.user_history=3"])
+            ["text.item_template=Item {name}", "text.user_history=3"])
     data = prepare(make_tables(), make_config())
     assert data.train.history is None and data.histories is None
 
