@@ -159,16 +159,36 @@ def test_streamed_training_reaches_the_quality_of_training_in_memory(tmp_path):
     assert auc["streamed"] > 0.75 and abs(auc["streamed"] - auc["memory"]) < 0.02, auc
 
 
-def test_two_processes_each_read_their_own_row_groups(tmp_path):
+COUNT_ROWS = """
+import json, sys
+from polyrec import distributed
+from polyrec.config import Config
+from polyrec.objective import Objective
+from polyrec.pipeline import train_run
+trained, losses = [], Objective.batch_losses
+def counted(self, model, data, idx):
+    trained.append(len(idx))
+    return losses(self, model, data, idx)
+Objective.batch_losses = counted
+train_run(Config.from_yaml(sys.argv[1]), sys.argv[2])
+json.dump(trained, open(f"{sys.argv[3]}/rank{distributed.rank()}.json", "w"))
+"""
+
+
+def test_two_processes_each_read_their_own_row_groups_and_train_on_all_of_them(tmp_path):
     (tmp_path / "data").mkdir()
-    write_split(tmp_path / "data")
-    cfg = stream_config(tmp_path / "data", train__max_epochs=2)
-    path = tmp_path / "stream.yaml"
+    write_split(tmp_path / "data")   # 6 row groups of 40 training rows, 3 negatives per positive
+    cfg = stream_config(tmp_path / "data", train__max_epochs=2, train__patience=5, data__negatives__per_positive=3)
+    path, script = tmp_path / "stream.yaml", tmp_path / "count.py"
     path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    done = torchrun("-m", "polyrec", "train", "-c", path, "-o", tmp_path / "runs" / "two", cwd=tmp_path)
+    script.write_text(COUNT_ROWS)
+    done = torchrun(script, path, tmp_path / "runs" / "two", tmp_path, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "runs" / "two" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and 0 <= metrics["test"]["click"]["auc"] <= 1
+    per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # each process trains on its own 3 row groups, whole: 480 rows an epoch, in 15 steps of 32
+    assert [sum(steps) for steps in per_rank] == [2 * 480, 2 * 480] and per_rank[0] == per_rank[1] == [32] * 30
 
 
 def test_synthetic_split_is_written_a_file_at_a_time_and_streams(tmp_path):

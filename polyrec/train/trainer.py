@@ -96,11 +96,10 @@ def training_device(spec: TrainSpec) -> torch.device:
 
 def train_step(model: torch.nn.Module, objective: Objective, weighting: Weighting, optimizer: Optimizers,
                data: Samples, idx: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on the rows ``idx`` of ``data`` (``bf16``: the forward pass under bfloat16
-    autocast); returns (task losses [T], task weights [T])."""
-    rows = idx if data.per_process else distributed.shard(idx)
+    """One optimizer step on the rows ``idx`` of ``data``, this process's part of the global batch
+    (``bf16``: the forward pass under bfloat16 autocast); returns (task losses [T], task weights [T])."""
     with torch.autocast(next(model.parameters()).device.type, torch.bfloat16, enabled=bf16):
-        losses, shared = objective.batch_losses(model, data, rows)
+        losses, shared = objective.batch_losses(model, data, idx)
     losses = distributed.global_losses(losses)   # the whole batch's values (this process's gradients)
     weights = weighting.backward(losses, shared, model)
     if not weighting.sums_gradients:
@@ -129,6 +128,9 @@ def run_epoch(model: torch.nn.Module, objective: Objective, weighting: Weighting
                total=data.n_batches(batch_size) - start)
     began = time.perf_counter()
     for step, (batch, rows) in enumerate(bar, start):
+        # in-memory rows: every process draws the same global batch and takes its share of it;
+        # streamed rows: each process's batches are its own already
+        rows = rows if data.per_process else distributed.shard(rows)
         losses, weights = train_step(model, objective, weighting, optimizer, batch, rows, bf16)
         step_losses.append(losses.tolist())
         step_weights.append(weights.tolist())
