@@ -160,7 +160,8 @@ def distill(teacher: Path = typer.Option(..., "--teacher", "-t", help="run direc
     check_target(out, overwrite)   # before loading the teacher: fail in a second, not after a minute
     teacher_rec = MultiTaskRecommender.load(teacher)
     cfg = student_config(teacher_rec.config, config, overrides)
-    _, metrics = train_run(cfg, out, overwrite, lambda log_dir: distill_student(teacher_rec, cfg, log_dir=log_dir))
+    _, metrics = train_run(cfg, out, overwrite, lambda log_dir: distill_student(teacher_rec, cfg, log_dir=log_dir),
+                           teacher=teacher)
     print_results(metrics)
     console.print(Text.assemble("run directory: ", (str(out), "bold"),
                                 f"  ({metrics['serving_params']:,} parameters at serving)"))

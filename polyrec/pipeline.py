@@ -7,16 +7,19 @@ from typing import Callable
 
 from polyrec.config import Config
 from polyrec.recommender import MultiTaskRecommender
-from polyrec.rundir import RunWriter, unfinished
+from polyrec.errors import RunError
+from polyrec.rundir import DISTILLED_FROM, RunWriter, unfinished
 from polyrec import distributed
-from polyrec.serve.bundle import read_config, write_bundle, write_json
+from polyrec.serve.bundle import read_config, read_json, write_bundle, write_json
 
 
 def train_run(config: Config, out: str | Path, overwrite: bool = False,
               fit: Callable[[Path], MultiTaskRecommender] | None = None,
-              resume: bool = False) -> tuple[MultiTaskRecommender, dict]:
+              resume: bool = False, teacher: Path | None = None) -> tuple[MultiTaskRecommender, dict]:
     """Train with ``fit(log_dir)`` (default: the config's model from scratch), evaluate on test,
-    and write the run directory ``out``; returns (recommender, metrics).
+    and write the run directory ``out``; returns (recommender, metrics). ``teacher``: the run
+    directory ``fit`` distils (recorded in the run, so a killed student is not resumed as a
+    plain model).
 
     ``out`` is checked before any work (see :mod:`polyrec.rundir`); the training log goes into
     the staging folder as training runs, and the whole run appears at ``out`` only at the end.
@@ -29,6 +32,8 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False,
     with RunWriter(out, overwrite, resume) as run:
         if not resume:
             write_json(run.staging / "config.json", config.model_dump())   # what a resumed run reads
+            if teacher is not None:
+                write_json(run.staging / DISTILLED_FROM, {"teacher": str(Path(teacher).resolve())})
         start = time.perf_counter()
         rec = (fit(run.staging) if fit is not None
                else MultiTaskRecommender(config).fit(log_dir=run.staging, resume=resume))
@@ -46,4 +51,10 @@ def train_run(config: Config, out: str | Path, overwrite: bool = False,
 def resume_run(out: str | Path, overwrite: bool = False) -> tuple[MultiTaskRecommender, dict]:
     """Continue a ``train_run`` to ``out`` that was killed, from its last checkpoint, with the
     config it was started with; the finished run is what the uninterrupted one would have been."""
-    return train_run(read_config(unfinished(Path(out))), out, overwrite, resume=True)
+    staging = unfinished(Path(out))
+    if (staging / DISTILLED_FROM).exists():
+        teacher = read_json(staging / DISTILLED_FROM, "a polyrec distillation record").get("teacher")
+        raise RunError(f"{out} was a student that distils the teacher {teacher}: resuming a distillation is not "
+                       f"supported (it would go on as plain training); distil again with `polyrec distill --teacher "
+                       f"{teacher} --out {out}` (its unfinished folder {staging} can be deleted)")
+    return train_run(read_config(staging), out, overwrite, resume=True)

@@ -29,9 +29,10 @@ from polyrec.errors import RunError
 MARKER = "polyrec-run.json"
 CORE_FILES = ("model.safetensors", "config.json", "features.json", "catalog.json")
 # every name polyrec writes at the top of a run directory; a folder holding anything else is not replaced
+DISTILLED_FROM = "distill.json"   # a student's run: the teacher it distils
 RUN_ENTRIES = frozenset({MARKER, *CORE_FILES, "text.safetensors", "history.parquet", "eval", "metrics.json",
                          "train_log.jsonl", "train_steps.jsonl", "tensorboard", "weighting.png",
-                         "added_items.jsonl", "model.onnx", "items.faiss"})
+                         "added_items.jsonl", "model.onnx", "items.faiss", DISTILLED_FROM})
 EVIDENCE = "train_log.jsonl"
 CHECKPOINT = "checkpoint.pt"   # the training state (polyrec.train.checkpoint), kept in unfinished runs only
 log = logging.getLogger("polyrec")

@@ -205,3 +205,49 @@ def test_ranking_distillation_balances_the_batch_representation(teacher_run, met
     assert (grads.norm(dim=1) > 0).all()                     # every task reaches the shared layer
     assert torch.allclose(grads, plain_grads, atol=1e-6)
     assert torch.allclose(with_ranking, without_ranking, atol=1e-5)
+
+
+def test_the_ranking_term_reads_the_train_period_history(monkeypatch):
+    """The teacher ranked each user's candidates as of the end of the train period; the student's
+    ranking term scores them from there too, not from the valid-period history known now."""
+    from polyrec.data.dataset import prepare
+    from polyrec.models.network import MultiTaskModel
+    cfg = make_config(history="{}", train__max_epochs=1)
+    teacher = MultiTaskRecommender(cfg).fit(make_tables())
+    student = cfg.with_overrides(["model.arch=sharedbottom", "distill.ranking_weight=1.0", "distill.ranking_users=3",
+                                  "distill.ranking_candidates=6", "distill.ranking_top=2"])
+    read, forward = [], MultiTaskModel.forward
+
+    def spy(self, user, item, history=None, stats=None):
+        if self.training:   # the ranking term's pass (training batches go through forward_shared)
+            read.append((user, history))
+        return forward(self, user, item, history, stats)
+
+    monkeypatch.setattr(MultiTaskModel, "forward", spy)
+    distill(teacher, student, make_tables())
+    histories = prepare(make_tables(), cfg).histories
+    assert read and all(h is not None and torch.equal(h, torch.from_numpy(histories.train_spans(u.numpy())))
+                        for u, h in read)
+
+
+def test_a_killed_distillation_is_not_resumed_as_plain_training(teacher_run, monkeypatch):
+    import polyrec.train.trainer as trainer
+    folder, teacher = teacher_run
+    calls, step = [], trainer.train_step
+
+    def killed(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("killed")
+        return step(*args)
+
+    monkeypatch.setattr(trainer, "train_step", killed)
+    out = runner.invoke(app, ["distill", "--teacher", str(teacher), "-c", str(write_student(folder)), "--set",
+                              "train.checkpoint_every=2", "-o", str(folder / "killed")])
+    assert isinstance(out.exception, RuntimeError) and not (folder / "killed").exists()
+    monkeypatch.setattr(trainer, "train_step", step)
+    staging = next(folder.glob(".killed.partial-*"))
+    before = sorted(p.name for p in staging.iterdir())
+    resumed = runner.invoke(app, ["train", "--resume", str(folder / "killed")])
+    assert resumed.exit_code == 2 and "distils the teacher" in resumed.stderr and str(teacher) in resumed.stderr
+    assert sorted(p.name for p in staging.iterdir()) == before and not (folder / "killed").exists()

@@ -60,12 +60,15 @@ def distill(teacher: MultiTaskRecommender, config: Config, tables: Tables | None
     rank_task = student.objective.names.index(config.eval.rank_by or
                                               next(t.name for t in config.tasks if t.kind == "binary"))
     candidates = scores = torch.empty(0, 0)
+    candidate_context = {}
     if spec.ranking_weight:
         candidates, scores = ranking_candidates(teacher, unseen, spec, rank_task, config.train.seed, context)
+        candidate_context = context(torch.arange(len(candidates)).repeat_interleave(candidates.shape[1]),
+                                    candidates.flatten())
     teacher_logits = predict_logits(teacher.model, data.train.user, data.train.item, data.train.context())
     objective = DistillObjective(student.objective, spec, teacher_logits,
                                  candidates, scores, rank_task, config.train.seed,
-                                 teacher.model if spec.hidden_weight else None)
+                                 teacher.model if spec.hidden_weight else None, candidate_context)
     return student.fit_prepared(data, objective, log_dir)
 
 

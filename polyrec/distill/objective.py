@@ -51,15 +51,19 @@ class DistillObjective(Objective):
 
     ``teacher_logits`` [N, T] are the teacher's outputs on the training rows. ``candidates``
     [U, C] are catalog items per user and ``candidate_scores`` [U, C] the teacher's ranking
-    scores (log-probabilities of the ranking task) on them. ``teacher`` (the model, for hidden
-    matching) runs on each batch to give its shared representation.
+    scores (log-probabilities of the ranking task) on them; ``candidate_context`` what those
+    U·C pairs read besides (user-major, [U·C, ...] each: their train-period history spans and
+    statistics, as the teacher scored them). ``teacher`` (the model, for hidden matching) runs on
+    each batch to give its shared representation.
     """
 
     def __init__(self, base: Objective, spec: DistillSpec, teacher_logits: torch.Tensor, candidates: torch.Tensor,
-                 candidate_scores: torch.Tensor, rank_task: int, seed: int, teacher: torch.nn.Module | None = None):
+                 candidate_scores: torch.Tensor, rank_task: int, seed: int, teacher: torch.nn.Module | None = None,
+                 candidate_context: dict[str, torch.Tensor] | None = None):
         super().__init__(base.tasks, base.esmm, base.conditional_weight, base.reduction)
         self.spec, self.teacher_logits, self.rank_task, self.teacher = spec, teacher_logits, rank_task, teacher
         self.candidates, self.candidate_scores = candidates, candidate_scores
+        self.candidate_context = candidate_context or {}
         self.binary = torch.tensor([t.kind == "binary" for t in self.tasks])
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -78,7 +82,9 @@ class DistillObjective(Objective):
         if spec.ranking_weight:
             users = torch.randint(len(self.candidates), (spec.ranking_users,), generator=self.generator)
             items = self.candidates[users]                                              # [U, C]
-            logits = model(users[:, None].expand_as(items).flatten(), items.flatten())   # shared of this pass unused
+            pairs = (users[:, None] * items.shape[1] + torch.arange(items.shape[1])).flatten()
+            logits = model(users[:, None].expand_as(items).flatten(), items.flatten(),   # shared of this pass unused
+                           **{k: v[pairs] for k, v in self.candidate_context.items()})
             scores = ranking_log_score(logits, self.rank_task, self.parent[self.rank_task])
             loss = listwise_loss if spec.ranking_loss == "listwise" else pairwise_loss
             ranking = loss(scores.view(items.shape), self.candidate_scores[users])
