@@ -15,7 +15,7 @@ from polyrec.data.dataset import PreparedData, prepare
 from polyrec.data.rows import EvalData, Samples, history_pairs, interaction_rows
 from polyrec.data.features import EncodedSide
 from polyrec.data.sources import load_tables
-from polyrec.data.tables import Tables, ids, new_rows, validate_labels
+from polyrec.data.tables import Tables, ids, new_rows, table_time, validate_labels
 from polyrec.errors import DataError, RunError
 from polyrec.evaluate.evaluator import evaluate, predict_logits
 from polyrec.models.network import MultiTaskModel, model_for
@@ -54,6 +54,7 @@ class MultiTaskRecommender:
         self.onnx = None                    # an OnnxScorer that scores instead of the model (use_onnx)
         self._ann = None                    # the retrieval head's item index, built on first use
         self._ann_lock = threading.Lock()   # faiss does not search and insert safely at the same time
+        self.past = None                    # the known event log given rows read at their time (PastEvents)
 
     # ----------------------------------------------------------------- training
     def fit(self, tables: Tables | None = None, log_dir: str | Path | None = None,
@@ -86,6 +87,7 @@ class MultiTaskRecommender:
         seed_everything(cfg.train.seed, cfg.train.threads)
         self.encoder, self.catalog, self.history = data.encoder, data.catalog, data.user_history
         self.test, self.text = data.test, data.text
+        self.past = data.histories.known_events if data.histories is not None else None
         item_encoder = None
         if cfg.text is not None and cfg.text.mode == "lora":
             from polyrec.text.lora import LoraItemEncoder
@@ -161,9 +163,12 @@ class MultiTaskRecommender:
                             f"{[(t.name, t.col) for t in self.config.tasks]}")
         return validate_labels(rows.reset_index(drop=True), self.config, what)
 
-    def _samples(self, rows: pd.DataFrame) -> Samples:
+    def _samples(self, rows: pd.DataFrame, at_their_time: bool = True) -> Samples:
         """``rows`` (user, item and, where present, label columns) as catalog indices; ids the run
-        does not know are an error naming the rows."""
+        does not know are an error naming the rows. When the model reads histories or statistics,
+        each row reads them as of its own time (``data.time_col``, which the rows must then have),
+        from the train and valid periods' interactions before it; ``at_their_time`` False: as of now
+        (rows that happened after the run's data)."""
         spec = self.config.data
         columns = [spec.user_col] + ([spec.item_col] if spec.item_col else [])
         missing = [c for c in columns if c not in rows]
@@ -186,7 +191,24 @@ class MultiTaskRecommender:
             index[what] = np.array(mapped, dtype=np.int64)
         labels = np.stack([rows[t.col].to_numpy(np.float32) if t.col in rows else np.full(len(rows), np.nan, np.float32)
                            for t in self.config.tasks], 1)
-        return Samples(torch.from_numpy(index["users"]), torch.from_numpy(index["items"]), torch.from_numpy(labels))
+        context = self._moments(rows, index["users"], index["items"]) if at_their_time else {}
+        return Samples(torch.from_numpy(index["users"]), torch.from_numpy(index["items"]), torch.from_numpy(labels),
+                       **context)
+
+    def _moments(self, rows: pd.DataFrame, users: np.ndarray, items: np.ndarray) -> dict[str, torch.Tensor]:
+        """What ``rows`` read at their own time (see :meth:`_samples`); nothing for a model that reads
+        neither histories nor statistics."""
+        if not self.config.reads_events:
+            return {}
+        time_col = self.config.data.time_col
+        if time_col not in rows:
+            raise DataError(f"rows: this run reads each row's history and statistics as of the row's time, and the "
+                            f"rows have no time column '{time_col}'; add it (a time after the run's data scores "
+                            "them as of now)")
+        if self.past is None:
+            raise RunError("this run directory has no events.parquet (written by polyrec since rows are scored at "
+                           "their own time); train it again to score given rows")
+        return self.past.context(self.config, users, items, table_time(rows[time_col], "rows").to_numpy(np.float64))
 
     def predict_rows(self, rows: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
         """``rows`` (any columns, with the user and item columns) with every task's score added as
@@ -194,7 +216,8 @@ class MultiTaskRecommender:
         model = self._require_model()
         samples = self._samples(rows.reset_index(drop=True))
         batch = 65536
-        logits = torch.cat([predict_logits(model, samples.user[a:a + batch], samples.item[a:a + batch])
+        logits = torch.cat([predict_logits(model, samples.user[a:a + batch], samples.item[a:a + batch],
+                                           samples.context(slice(a, a + batch)))
                             for a in tqdm(range(0, len(samples), batch), desc="scoring", unit="batch",
                                           disable=not progress, leave=False)]) if len(samples) else torch.empty(0)
         scores = self.objective.scores(logits.view(len(samples), len(self.config.tasks)))
@@ -487,7 +510,7 @@ class MultiTaskRecommender:
             raise DataError("update learns new items' ID embeddings from their first interactions: it needs a run "
                             "trained with a cold_start section (sides: [item])")
         rows = self._labelled(interactions, "update rows")
-        samples = self._samples(rows)
+        samples = self._samples(rows, at_their_time=False)   # first interactions of new items: after the run
         trained = ~self.new_items()[samples.item]
         if trained.any():
             names = rows.loc[trained.numpy(), self.config.data.item_col].astype(str).unique()[:5].tolist()
@@ -598,7 +621,7 @@ class MultiTaskRecommender:
     def to_bundle(self) -> Bundle:
         """What serving and evaluation need (see :mod:`polyrec.serve.bundle`)."""
         return Bundle(self.config, self.encoder, self.catalog, self._require_model(), self.text, self.history,
-                      self.test)
+                      self.test, self.past)
 
     def save(self, path: str | Path, metrics: dict | None = None, overwrite: bool = False) -> Path:
         """Write the run directory atomically: it appears complete or not at all. An existing
@@ -620,6 +643,6 @@ class MultiTaskRecommender:
         bundle = read_bundle(Path(path), text_model)
         rec = cls(bundle.config)
         rec.encoder, rec.catalog, rec.model, rec.text = bundle.encoder, bundle.catalog, bundle.model, bundle.text
-        rec.history, rec.test = bundle.history, bundle.test
+        rec.history, rec.test, rec.past = bundle.history, bundle.test, bundle.past
         rec.run_dir = Path(path) if text_model is None else None
         return rec

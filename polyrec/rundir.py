@@ -32,7 +32,8 @@ CORE_FILES = ("model.safetensors", "config.json", "features.json", "catalog.json
 DISTILLED_FROM = "distill.json"   # a student's run: the teacher it distils
 RUN_ENTRIES = frozenset({MARKER, *CORE_FILES, "text.safetensors", "history.parquet", "eval", "metrics.json",
                          "train_log.jsonl", "train_steps.jsonl", "tensorboard", "weighting.png",
-                         "added_items.jsonl", "model.onnx", "items.faiss", DISTILLED_FROM})
+                         "added_items.jsonl", "model.onnx", "items.faiss", DISTILLED_FROM,
+                         "events.parquet"})
 EVIDENCE = "train_log.jsonl"
 CHECKPOINT = "checkpoint.pt"   # the training state (polyrec.train.checkpoint), kept in unfinished runs only
 log = logging.getLogger("polyrec")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -276,3 +277,41 @@ def test_built_in_protocol_rows_are_the_reference_rows():
     data = prepare(tables, config)
     assert len(data.train) == 399630 and len(data.test.interactions) == 10037
     assert data.test.samples.labels[:, 0].sum() == 10037   # the given negatives are in the rows, none added
+
+
+def _rows_of(samples, data, tables):
+    """The interactions among ``samples`` as a file gives them: ids, labels and their time."""
+    positive = samples.labels[:, 0] == 1
+    rows = pd.DataFrame({"user": [data.catalog.user_ids[u] for u in samples.user[positive]],
+                         "item": [data.catalog.item_ids[i] for i in samples.item[positive]]})
+    inter = tables.interactions.set_index(["user", "item"])
+    return rows.join(inter, on=["user", "item"]), positive
+
+
+def test_given_rows_read_the_history_of_their_own_time():
+    """Rows scored from a file read what was known at each row's time, as the run's own rows did:
+    given training-period rows see neither their own nor later interactions."""
+    cfg = make_config(history="{}", train__max_epochs=1)
+    tables = make_tables()
+    rec = MultiTaskRecommender(cfg).fit(tables)
+    data = prepare(tables, cfg)
+    rows, positive = _rows_of(data.train, data, tables)
+    from polyrec.evaluate.evaluator import predict_logits
+    own = predict_logits(rec.model, data.train.user[positive], data.train.item[positive],
+                         data.train.context(positive))
+    np.testing.assert_allclose(rec.predict_rows(rows)["click_score"], torch.sigmoid(own[:, 0]), atol=1e-6)
+
+
+def test_given_rows_with_statistics_score_as_the_runs_own_test_rows(tmp_path):
+    cfg = make_config(history="{}", stats="{}", train__max_epochs=1)
+    tables = make_tables()
+    MultiTaskRecommender(cfg).fit(tables).save(tmp_path / "run")
+    rec = MultiTaskRecommender.load(tmp_path / "run")
+    data = prepare(tables, cfg)
+    rows, _ = _rows_of(data.test.samples, data, tables)
+    given, own = rec.evaluate(rows, ranking=False), rec.evaluate(ranking=False)
+    assert given["stars"] == pytest.approx(own["stars"], abs=1e-6)   # the test interactions' ratings
+    with pytest.raises(DataError, match="time column 'ts'"):
+        rec.predict_rows(rows.drop(columns="ts"))
+    with pytest.raises(DataError, match="time column 'ts'"):
+        rec.evaluate(rows.drop(columns="ts"))

@@ -14,7 +14,7 @@ import torch
 
 from polyrec.config import Config, FeatureSpec
 from polyrec.data.features import EncodedSide, FeatureEncoder
-from polyrec.data.history import EventLog, Histories, feedback_features, statistics
+from polyrec.data.history import EventLog, Histories, feedback_features
 from polyrec.data.negatives import sample_negatives
 from polyrec.data.rows import Catalog, EvalData, Samples, interaction_rows
 from polyrec.data.sources import read_table
@@ -156,13 +156,10 @@ def prepare(tables: Tables, config: Config) -> PreparedData:
             y = np.concatenate([y, np.tile(neg_labels, (len(neg_i), 1))])
             if t is not None:   # a sampled negative shares its positive's moment, and so its history
                 t = np.concatenate([t, np.repeat(time[rows & positive], k)])
-        spans = stats = None
-        if config.reads_history:
-            spans = torch.from_numpy(histories.train_spans(u, t) if code == TRAIN else histories.known_spans(u, t))
-        if config.stats is not None:
-            log = histories.train if code == TRAIN else histories.known
-            stats = torch.from_numpy(statistics(log, u, i, t, config.stats.window, config.stats.shrinkage))
-        return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y), spans, stats)
+        context = {}
+        if histories is not None:
+            context = (histories.train_events if code == TRAIN else histories.known_events).context(config, u, i, t)
+        return Samples(torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(y), **context)
 
     train = samples_of(TRAIN) if found is None else stream.TrainStream(config, found, catalog)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from polyrec.config import TaskSpec
 
@@ -94,11 +95,42 @@ def feedback_features(labels: np.ndarray, tasks: list[TaskSpec], train_labels: n
 
 
 @dataclass(frozen=True)
+class PastEvents:
+    """An event log as rows read it at their own moment: ``start`` is the log's first event in the
+    model's event table (:class:`polyrec.models.history.EventTable`), where spans point."""
+
+    log: EventLog
+    start: int = 0
+
+    def context(self, config, user: np.ndarray, item: np.ndarray, time: np.ndarray | None) -> dict[str, torch.Tensor]:
+        """What rows (``user``, ``item``) at ``time`` (None: after every event) read besides the pair,
+        as :meth:`polyrec.data.rows.Samples.context` holds it: their history spans (when the config
+        reads histories) and statistics (with a stats section), from this log's earlier events."""
+        out = {}
+        if config.reads_history:
+            out["history"] = torch.from_numpy(self.log.spans(user, time) + self.start)
+        if config.stats is not None:
+            out["stats"] = torch.from_numpy(statistics(self.log, user, item, time, config.stats.window,
+                                                       config.stats.shrinkage))
+        return out
+
+
+@dataclass(frozen=True)
 class Histories:
     """The two event logs a dataset's rows read, stacked into one: ``train`` first, then ``known``."""
 
     train: EventLog
     known: EventLog
+
+    @property
+    def train_events(self) -> PastEvents:
+        """What training rows read: the train period."""
+        return PastEvents(self.train, 0)
+
+    @property
+    def known_events(self) -> PastEvents:
+        """What valid and test rows, given rows and recommendations read: the train and valid periods."""
+        return PastEvents(self.known, len(self.train))
 
     def train_spans(self, user: np.ndarray, time: np.ndarray | None = None) -> np.ndarray:
         return self.train.spans(user, time)

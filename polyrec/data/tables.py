@@ -84,7 +84,7 @@ def validate(tables: Tables, config: Config) -> Tables:
                             "aggregate repeated interactions into one row per pair first (or give the split "
                             "with the rows: data.split.method column)")
     if spec.time_col is not None and spec.time_col in inter:
-        inter[spec.time_col] = _time(inter[spec.time_col])
+        inter[spec.time_col] = table_time(inter[spec.time_col])
     inter = validate_labels(inter, config, "interactions")
     for label in config.data.negatives.labels:
         if label not in label_cols:
@@ -146,14 +146,15 @@ def _split_names(series: pd.Series) -> pd.Series:
     return names
 
 
-def _time(series: pd.Series) -> pd.Series:
+def table_time(series: pd.Series, table: str = "interactions table") -> pd.Series:
+    """A time column as numbers (dates as nanoseconds); an error names values that are neither."""
     if pd.api.types.is_datetime64_any_dtype(series):
         return series.astype("int64")
     numeric = pd.to_numeric(series, errors="coerce")
     if numeric.isna().any():
         parsed = pd.to_datetime(series, errors="coerce", format="mixed")
         if parsed.isna().any():
-            raise DataError(f"interactions table: time column '{series.name}' has values that are neither numbers "
+            raise DataError(f"{table}: time column '{series.name}' has values that are neither numbers "
                             f"nor dates, e.g. {_examples(series[parsed.isna()].unique())} at rows "
                             f"{_examples(series.index[parsed.isna()])}")
         return parsed.astype("int64")

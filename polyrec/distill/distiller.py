@@ -17,7 +17,6 @@ import torch
 from polyrec.config import Config, DistillSpec, read_yaml
 from polyrec.data.dataset import PreparedData, prepare
 from polyrec.data.rows import Samples
-from polyrec.data.history import statistics
 from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables
 from polyrec.distill.objective import DistillObjective, ranking_log_score
@@ -138,13 +137,9 @@ def with_unlabeled_pairs(train: Samples, allowed: torch.Tensor, per_user: int, s
 def train_period_context(data: PreparedData, config: Config, users: torch.Tensor, items: torch.Tensor) -> dict:
     """For (user, item) pairs scored at the end of the train period (pairs a teacher labels for
     training): the user's whole train-period history and the pair's statistics then."""
-    out = {}
-    if config.reads_history:
-        out["history"] = torch.from_numpy(data.histories.train_spans(users.numpy()))
-    if config.stats is not None:
-        out["stats"] = torch.from_numpy(statistics(data.histories.train, users.numpy(), items.numpy(), None,
-                                                   config.stats.window, config.stats.shrinkage))
-    return out
+    if data.histories is None:
+        return {}
+    return data.histories.train_events.context(config, users.numpy(), items.numpy(), None)
 
 
 def ranking_candidates(teacher: MultiTaskRecommender, unseen: torch.Tensor, spec: DistillSpec, rank_task: int,

@@ -3,7 +3,9 @@
 Layout: ``model.safetensors`` (weights and encoded feature tables), ``config.json``,
 ``features.json`` (vocabularies and statistics), ``catalog.json`` (ids, titles),
 ``history.parquet`` (interactions excluded when recommending), ``eval/test/*.parquet`` (what
-``evaluate`` rescores); with text, ``text.safetensors`` (the whitening new texts go through).
+``evaluate`` rescores); with text, ``text.safetensors`` (the whitening new texts go through);
+with histories or statistics, ``events.parquet`` (the train and valid periods' interactions with
+their times: what rows given later read at their own moment).
 Nothing is pickled. Where the folder goes and what else it holds (logs, metrics) is
 :mod:`polyrec.rundir`'s and the pipeline's business.
 
@@ -29,6 +31,7 @@ from safetensors.torch import save_file
 from polyrec.config import Config
 from polyrec.data.rows import Catalog, EvalData, history_pairs
 from polyrec.data.features import FeatureEncoder
+from polyrec.data.history import EventLog, PastEvents
 from polyrec.errors import RunError
 from polyrec.models.layers import FeatureTables
 from polyrec.models.history import EventTable, StatsTable
@@ -40,6 +43,7 @@ from polyrec.text.inputs import TextInputs
 WEIGHTS = "model.safetensors"
 TEXT_WEIGHTS = "text.safetensors"
 HISTORY = "history.parquet"
+EVENTS = "events.parquet"
 TEST_SPLIT = Path("eval") / "test"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -53,6 +57,7 @@ class Bundle:
     text: TextInputs | None
     history: dict[int, np.ndarray]   # train+valid items per user (catalog indices)
     test: EvalData | None            # None when a run directory has lost its eval/ folder
+    past: PastEvents | None = None   # the known event log (with histories or statistics)
 
 
 def write_bundle(folder: Path, bundle: Bundle) -> None:
@@ -68,6 +73,13 @@ def write_bundle(folder: Path, bundle: Bundle) -> None:
     pd.DataFrame({"user": users, "item": items}).to_parquet(folder / HISTORY)
     if bundle.test is not None:
         bundle.test.save(folder / TEST_SPLIT, [t.name for t in bundle.config.tasks])
+    if bundle.past is not None:
+        log = bundle.past.log
+        frame = pd.DataFrame({"event": bundle.past.start + np.arange(len(log)), "user": log.user, "item": log.item,
+                              "time": log.time})
+        for k in range(log.feedback.shape[1]):
+            frame[f"feedback:{k}"] = log.feedback[:, k]
+        frame.to_parquet(folder / EVENTS)
 
 
 def read_bundle(path: Path, text_model: str | None = None) -> Bundle:
@@ -102,7 +114,14 @@ def read_bundle(path: Path, text_model: str | None = None) -> Bundle:
     if (path / TEST_SPLIT).exists():
         with reading(path / TEST_SPLIT, "the run's test split"):
             test = EvalData.load(path / TEST_SPLIT, [t.name for t in config.tasks])
-    return Bundle(config, encoder, catalog, model, text, history, test)
+    past = None
+    if config.reads_events and (path / EVENTS).exists():
+        events = read_parquet(path / EVENTS)
+        with reading(path / EVENTS, "the run's event log"):
+            feedback = events[[c for c in events if c.startswith("feedback:")]].to_numpy(np.float32)
+            past = PastEvents(EventLog(*(events[c].to_numpy(copy=True) for c in ("user", "item", "time")), feedback),
+                              int(events["event"].iloc[0]) if len(events) else 0)
+    return Bundle(config, encoder, catalog, model, text, history, test, past)
 
 
 def _model(config: Config, encoder: FeatureEncoder, state: dict[str, torch.Tensor]) -> MultiTaskModel:
