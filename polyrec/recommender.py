@@ -32,6 +32,7 @@ from polyrec.serve.explain import attended_items, nearest_items
 from polyrec.serve.rerank import Diversity, Exposure, field_vectors, fuse, topk_items
 from polyrec.text.inputs import encode_text
 from polyrec.train.log import TrainLog
+from polyrec.values import token
 from polyrec.train.trainer import TrainResult, seed_everything, train
 from polyrec.weighting import build_weighting
 
@@ -329,11 +330,11 @@ class MultiTaskRecommender:
                 raise DataError(f"filters: '{name}' is not a categorical or multi-valued item feature; filter by one "
                                 f"of {sorted(fields)}")
             vocab = encoder.vocab[name]
-            unknown = [v for v in values if str(v) not in vocab]
+            unknown = [v for v in values if token(v) not in vocab]
             if unknown or not values:
                 raise DataError(f"filters: {name} = {unknown or values} is not among the values the run knows "
                                 f"(e.g. {list(vocab)[:5]})")
-            wanted = torch.tensor([vocab[str(v)] + encoder.offsets[name] for v in values])
+            wanted = torch.tensor([vocab[token(v)] + encoder.offsets[name] for v in values])
             if fields[name] in cat:
                 matching &= torch.isin(tables.item_cat[:, cat.index(fields[name])], wanted)
             else:

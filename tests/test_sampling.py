@@ -88,3 +88,19 @@ def test_a_splits_negatives_avoid_only_what_is_known_by_its_end():
     assert not np.isin(drawn["test"], np.r_[train, valid, test]).any()
     assert np.isin(drawn["train"], np.r_[valid, test]).sum() > 10   # the future is not avoided
     assert np.isin(drawn["valid"], test).sum() > 0
+
+
+def test_whole_numbers_read_as_the_same_token_everywhere():
+    """A year column with a missing value is stored as floats (1995.0); its vocabulary, the text the
+    language model reads, a new item's year and a filter all read it as "1995"."""
+    from polyrec.text.templates import render
+    spec = FeatureSpec(name="year", source="item")
+    years = pd.DataFrame({"year": [1995.0, np.nan, 1998.0], "title": ["Heat", "Alien", "Ronin"]})
+    enc = FeatureEncoder([spec]).fit(pd.DataFrame(), years)
+    assert set(enc.vocab["year"]) == {"1995", "1998"}
+    new = enc.transform(pd.DataFrame({"year": [1998, "1995", 2001.5]}), "item").cat[:, 0] - enc.offsets["year"]
+    assert new.tolist() == [enc.vocab["year"]["1998"], enc.vocab["year"]["1995"], OOV]
+    assert render("{title} ({year})", years, "t") == ["Heat (1995)", "Alien ()", "Ronin (1998)"]
+    tags = FeatureEncoder([FeatureSpec(name="tags", source="item", kind="multi")]).fit(
+        pd.DataFrame(), pd.DataFrame({"tags": [[1.0, 2.0], None]}))
+    assert set(tags.vocab["tags"]) == {"1", "2"}

@@ -39,7 +39,7 @@ def test_encoder_caches_by_model_and_text(tmp_path):
 
 def test_template_names_missing_column_and_renders_missing_values_empty():
     frame = pd.DataFrame({"title": ["Heat", "Alien"], "year": [1995, None]})
-    assert render("{title} ({year})", frame, "t") == ["Heat (1995.0)", "Alien ()"]
+    assert render("{title} ({year})", frame, "t") == ["Heat (1995)", "Alien ()"]
     with pytest.raises(DataError, match=r"text.item_template uses column\(s\) \['genres'\]"):
         render("{title} {genres}", frame, "text.item_template")
 

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from polyrec.config import FeatureSpec
+from polyrec.values import token
 
 OOV, MISSING, FIRST = 0, 1, 2
 PAD = -1
@@ -53,7 +54,7 @@ class FeatureEncoder:
             if spec.kind == "bucket":
                 size = len(spec.boundaries) + 1
             else:
-                tokens = _tokens(column, spec) if spec.kind == "multi" else column.dropna().astype(str)
+                tokens = _tokens(column, spec) if spec.kind == "multi" else column.dropna().map(token)
                 values = sorted(set(tokens))
                 self.vocab[spec.name] = {v: FIRST + i for i, v in enumerate(values)}
                 size = len(values)
@@ -88,7 +89,7 @@ class FeatureEncoder:
             idx = FIRST + np.searchsorted(np.asarray(spec.boundaries), values, side="right")
             return np.where(np.isnan(values), MISSING, idx).astype(np.int64)
         vocab = self.vocab[spec.name]
-        idx = column.astype(str).map(vocab).fillna(OOV).to_numpy(dtype=np.int64)
+        idx = column.map(token).map(vocab).fillna(OOV).to_numpy(dtype=np.int64)
         return np.where(column.isna().to_numpy(), MISSING, idx)
 
     def _encode_multi(self, column: pd.Series, spec: FeatureSpec) -> np.ndarray:
@@ -134,7 +135,7 @@ def _tokens(column: pd.Series, spec: FeatureSpec) -> list[str]:
 def cell_tokens(cell, spec: FeatureSpec) -> list[str]:
     """The values of a multi-valued cell: a list (e.g. a Parquet list column) or text split by ``sep``."""
     if isinstance(cell, (list, tuple, np.ndarray)):
-        return [str(v) for v in cell if not pd.isna(v) and str(v) != ""]
+        return [token(v) for v in cell if not pd.isna(v) and str(v) != ""]
     if pd.api.types.is_scalar(cell) and pd.isna(cell):
         return []
-    return [tok for tok in str(cell).split(spec.sep) if tok]
+    return [tok for tok in token(cell).split(spec.sep) if tok]

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from polyrec.errors import DataError
+from polyrec.values import token
 
 
 def template_fields(template: str) -> list[str]:
@@ -14,10 +15,11 @@ def template_fields(template: str) -> list[str]:
 
 
 def as_text(value) -> str:
-    """A cell as template text: a list as "a, b, c", a missing value as ""."""
+    """A cell as template text: a list as "a, b, c", a missing value as "", a whole float as an
+    integer (see :func:`polyrec.values.token`)."""
     if isinstance(value, (list, tuple, np.ndarray)):
         return ", ".join(as_text(v) for v in value)
-    return "" if pd.api.types.is_scalar(value) and pd.isna(value) else str(value)
+    return "" if pd.api.types.is_scalar(value) and pd.isna(value) else token(value)
 
 
 def render(template: str, frame: pd.DataFrame, where: str) -> list[str]:
