@@ -1,6 +1,7 @@
 """The user-facing estimator: fit, evaluate, predict, recommend, add new items and users, save, load."""
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 from pathlib import Path
@@ -259,8 +260,8 @@ class MultiTaskRecommender:
         item text and no attention, the closest in the language model's space.
 
         ``new_slots``: reserve up to that many of the ``k`` slots for new items (held out of
-        training or added since: ``catalog.cold_item_ids``) whose ranking score is at least
-        ``new_threshold``; off by default (see the README's cold-start section for the trade-off).
+        training or added since: ``catalog.cold_item_ids``) whose ranking score (the fused score
+        under ``fusion``) is at least ``new_threshold``; off by default (see the README's cold-start section for the trade-off).
         ``exclude`` / ``only``: item ids never to recommend / the only ones that may be;
         ``filters``: item field → values, e.g. ``{"genre": ["Drama"]}`` (an item passes with any
         of a field's values, and every field named).
@@ -290,7 +291,9 @@ class MultiTaskRecommender:
             ranking[torch.isin(pool, torch.from_numpy(history))] = -np.inf
         if exclude:
             ranking[torch.isin(pool, torch.tensor([self._item_index(i) for i in exclude]))] = -np.inf
-        exposure = Exposure(self.new_items()[pool], new_slots, new_threshold) if new_slots else None
+        # a fused list is ranked by Σ w·log s: the threshold, a score, is compared on that scale
+        threshold = (np.log(new_threshold) if new_threshold > 0 else -np.inf) if fusion else new_threshold
+        exposure = Exposure(self.new_items()[pool], new_slots, threshold) if new_slots else None
         top = topk_items(ranking.unsqueeze(0), k, exposure,
                          Diversity(self.diversity_vectors(pool), lam) if lam else None)[0]
         top = top[torch.isfinite(ranking[top])]
@@ -351,7 +354,7 @@ class MultiTaskRecommender:
         query = self.model.retrieval_vectors("user", torch.tensor([user]))
         with self._ann_lock:
             found = self._ready_index().search(query, min(spec.candidates + excluded, n_items))[0]
-        return found[found >= 0]
+        return found[(found >= 0) & (found < n_items)]   # a shared index may hold items added to a later fork
 
     def item_index(self):
         """The approximate nearest-neighbour index of the retrieval head's item vectors (see
@@ -569,6 +572,33 @@ class MultiTaskRecommender:
             if len(items):
                 self.history[first + row] = items
         return ids
+
+    def fork(self) -> MultiTaskRecommender:
+        """A recommender sharing this one's weights and indexes whose catalog, histories and feature
+        tables are its own: add items or users to it while this one goes on serving, then swap."""
+        other = copy.copy(self)
+        other.model, other.catalog, other.history = self._require_model().fork(), self.catalog.copy(), dict(self.history)
+        return other
+
+    def for_profile(self, profile: pd.DataFrame, recent: list | None = None) -> MultiTaskRecommender:
+        """A view that scores one new user (a one-row ``profile``, as for :meth:`add_users`; ``recent``
+        their items, oldest first) without adding them: its only user is that profile, its id the
+        profile's; items, weights and indexes are this recommender's. Nothing here changes."""
+        self._refuse_if_onnx("score a new profile")
+        users = new_rows(profile, self.config, "user")
+        if len(users) != 1:
+            raise DataError(f"a profile is one user; got {len(users)} rows")
+        recent = np.array([self._item_index(i) for i in recent or []], np.int64)
+        side = self._encode_new(users, "user")
+        if self.config.text is not None and self.config.text.user_template:
+            side.text = self.text.new_users(users, self._text_encoder)
+        if self.config.retrieval is not None and len(self.catalog.item_ids) > self.config.retrieval.threshold:
+            self.item_index()   # made once here and shared, not once per view
+        view = copy.copy(self)
+        view.model = self._require_model().for_new_user(side, torch.from_numpy(recent))
+        view.catalog = self.catalog.of_users(users[self.config.data.user_col].tolist())
+        view.history = {0: recent} if len(recent) else {}
+        return view
 
     def _new_ids(self, frame: pd.DataFrame, id_col: str, known: dict, what: str) -> list[str]:
         ids = frame[id_col].tolist()

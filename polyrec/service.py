@@ -3,7 +3,9 @@
 One run directory is loaded once per process (the language model only when a request needs new
 text encoded). Items added while running (``POST /items``) are recommendable at once and kept in
 the run directory's ``added_items.jsonl`` (appended atomically: a temporary file renamed over
-it), which a restart replays. ``POST /admin/reload`` swaps in a run directory: requests already
+it), which a restart replays; they are added to a copy of the catalog that replaces the served
+one whole, so every request reads one consistent catalog. A new user's profile in
+``/recommend`` is scored as it is and never stored. ``POST /admin/reload`` swaps in a run directory: requests already
 running finish on the recommender they started with. Every bad request gets a 4xx with a
 message; an unexpected failure is a 500 without a traceback.
 """
@@ -99,8 +101,11 @@ class Service:
             self.rec, self.run_dir = rec, run_dir
 
     def add_items(self, rows: list[dict]) -> list[str]:
+        """Add to a fork of the served recommender and swap it in whole: a request reads the catalog
+        it started with, never one half-changed."""
         with self.lock:
-            ids = self.rec.add_items(pd.DataFrame(rows))
+            rec = self.rec.fork()
+            ids = rec.add_items(pd.DataFrame(rows))
             path = self.run_dir / ADDED_ITEMS
             old = path.read_text() if path.exists() else ""
             lines = "".join(json.dumps(row, default=str) + "\n" for row in rows)
@@ -112,6 +117,7 @@ class Service:
             except BaseException:   # nothing half-written is left behind
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            self.rec = rec
             return ids
 
 
@@ -152,18 +158,16 @@ def create_app(run_dir: str | Path, text_model: str | None = None, onnx: bool = 
 
     @app.post("/recommend")
     def recommend(body: RecommendRequest):
-        rec = service.rec
+        rec = service.rec   # one catalog for the whole request (see Service.add_items)
         user = body.user
         if body.profile is not None:
+            # a new user's profile is scored as it is, never added: requests cost no memory
             user_col = rec.config.data.user_col
-            # the same profile is the same new user: added once, not once per request
             digest = hashlib.sha256(json.dumps([body.profile, body.recent], sort_keys=True, default=str).encode()
                                     ).hexdigest()
             profile = {**body.profile, user_col: body.user or body.profile.get(user_col) or f"profile:{digest[:16]}"}
             user = str(profile[user_col])
-            with service.lock:
-                if user not in rec.catalog.user_index:
-                    rec.add_users(pd.DataFrame([profile]), [body.recent])
+            rec = rec.for_profile(pd.DataFrame([profile]), body.recent)
         elif user is None or body.recent:
             return JSONResponse({"detail": "give 'user' (a known user's id) or 'profile' (a new user, with "
                                            "optional 'recent' items)"}, status_code=422)

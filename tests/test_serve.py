@@ -137,3 +137,80 @@ def test_serves_on_a_loopback_port(run_dir):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_new_slots_reserve_new_items_under_fusion_too(client):
+    """Reserved slots compare the threshold with the score the list is ranked by, fused or not."""
+    client.post("/items", json={"items": [{"item": "fresh2", "name": "Fresh", "price": 1.0}]})
+    for fusion in (None, {"click": 1, "buy": 0.5}):
+        got = client.post("/recommend", json={"user": "u1", "k": 3, "new_slots": 1, "new_threshold": 1e-6,
+                                              "fusion": fusion}).json()
+        assert "fresh2" in [i["item_id"] for i in got["items"]], fusion
+
+
+@pytest.fixture(scope="module")
+def text_run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve-text")
+    cfg = make_config(train__max_epochs=1).with_overrides(
+        ["text.item_template=Item {name} tagged {tags}", "text.user_template=from {country}", "text.user_history=3",
+         "text.whiten_dim=8", "text.dim=4", f"text.cache_dir={folder / 'cache'}", "history={length: 4}"])
+    return MultiTaskRecommender(cfg).fit(make_tables()).save(folder / "run")
+
+
+def test_a_profile_is_scored_without_being_added_and_reads_items_added_since_load(text_run_dir):
+    (text_run_dir / ADDED_ITEMS).unlink(missing_ok=True)
+    with TestClient(create_app(text_run_dir), raise_server_exceptions=False) as c:
+        assert c.post("/items", json={"items": [{"item": "new1", "name": "New one", "tags": "a"}]}).status_code == 201
+        users = c.get("/health").json()["users"]
+        for country in ("de", "fr", "it"):
+            got = c.post("/recommend", json={"profile": {"country": country}, "recent": ["i3", "new1"], "k": 3})
+            assert got.status_code == 200, got.text
+            assert {"i3", "new1"}.isdisjoint(i["item_id"] for i in got.json()["items"])
+            assert any("because" in i for i in got.json()["items"])
+        assert c.get("/health").json()["users"] == users   # nothing was added for the profiles
+    (text_run_dir / ADDED_ITEMS).unlink(missing_ok=True)
+
+
+def test_concurrent_writes_and_reads_never_fail(run_dir):
+    """Items added while recommendations, scores and profiles are being served: every request
+    reads one whole catalog (bounded: 4 threads × 15 requests, loopback)."""
+    import uvicorn
+    (run_dir / ADDED_ITEMS).unlink(missing_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    statuses = []
+
+    def work(kind):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            for n in range(15):
+                if kind == "items":
+                    r = http.post("/items", json={"items": [{"item": f"c{n}", "name": f"C {n}", "price": 1.0}]})
+                elif kind == "recommend":
+                    r = http.post("/recommend", json={"user": "u2", "k": 5, "new_slots": 1})
+                elif kind == "profile":
+                    r = http.post("/recommend", json={"profile": {"country": "de", "age": 20 + n}, "k": 5})
+                else:
+                    r = http.post("/score", json={"user": "u2", "items": ["i1", "i2"]})
+                statuses.append(r.status_code)
+
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        workers = [threading.Thread(target=work, args=(k,)) for k in ("items", "recommend", "profile", "score")]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        (run_dir / ADDED_ITEMS).unlink(missing_ok=True)
+    assert len(statuses) == 60 and all(s < 500 for s in statuses), statuses
+    assert health["items"] == 40 + 15 and health["users"] == 30

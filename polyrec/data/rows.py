@@ -3,6 +3,7 @@ evaluator reads it, and the catalog that maps ids to indices. Below both the in-
 (:mod:`polyrec.data.dataset`) and streamed (:mod:`polyrec.data.stream`) row sources."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,16 @@ class Catalog:
     def __post_init__(self):
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.item_index = {u: i for i, u in enumerate(self.item_ids)}
+
+    def copy(self) -> Catalog:
+        """A catalog to add to while this one is read (its own lists and indexes)."""
+        return Catalog(list(self.user_ids), list(self.item_ids), list(self.titles), list(self.cold_item_ids))
+
+    def of_users(self, ids: list[str]) -> Catalog:
+        """This catalog's items with ``ids`` as its only users (the item lists and index shared)."""
+        view = copy.copy(self)
+        view.user_ids, view.user_index = list(ids), {u: k for k, u in enumerate(ids)}
+        return view
 
     def add_users(self, ids: list[str]) -> None:
         self.user_ids = self.user_ids + ids

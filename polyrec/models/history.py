@@ -33,6 +33,11 @@ class EventTable(nn.Module):
     def from_state(cls, state: dict[str, torch.Tensor], prefix: str = "events.") -> EventTable:
         return cls(*(state[prefix + key] for key in ("item", "feedback", "now")))
 
+    @classmethod
+    def of_user(cls, items: torch.Tensor, n_feedback: int) -> EventTable:
+        """One user's events ``items`` (oldest first, no feedback recorded) as the only history."""
+        return cls(items, torch.zeros(len(items), n_feedback), torch.tensor([[0, len(items)]]))
+
     def append_users(self, count: int) -> None:
         """New users start with an empty history."""
         self.now = torch.cat([self.now, self.now.new_zeros(count, 2)])
@@ -85,6 +90,10 @@ class StatsTable(nn.Module):
     def append_users(self, count: int) -> None:
         """New users start with no activity."""
         self.user = torch.cat([self.user, self.user.new_zeros(count, self.user.shape[1])])
+
+    def of_new_users(self, count: int) -> StatsTable:
+        """These statistics with ``count`` new users (no activity) as the only users."""
+        return StatsTable(self.user.new_zeros(count, self.user.shape[1]), self.item, self.unseen)
 
     def append_items(self, count: int) -> None:
         """New items start with no interactions."""

@@ -7,12 +7,22 @@ BatchNorm over the concatenated outputs equals one BatchNorm per network.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
 
 from polyrec.data.features import PAD, EncodedSide
+
+
+def own_state(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` with its own tables of buffers and submodules: replacing one
+    there (appending rows makes new tensors) leaves ``module`` as it was; weights stay shared."""
+    clone = copy.copy(module)
+    clone._buffers, clone._modules, clone._parameters = dict(module._buffers), dict(module._modules), \
+        dict(module._parameters)
+    return clone
 
 
 class GroupedLinear(nn.Module):
@@ -87,6 +97,16 @@ class FeatureTables(nn.Module):
             width = max(old.shape[1], new.shape[1])
             pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=PAD)  # noqa: E731
             setattr(self, f"multi_{first + k}", torch.cat([pad(old), pad(new)]))
+
+    def with_users(self, users: EncodedSide) -> FeatureTables:
+        """These tables with ``users`` as their only users (the item tables shared): what scoring
+        new users without adding them reads."""
+        clone = own_state(self)
+        clone.user_cat, clone.user_num = users.cat, users.num
+        clone.user_text = users.text if users.text is not None else self.user_text.new_zeros(len(users.cat), 0)
+        for k, rows in enumerate(users.multi):
+            setattr(clone, f"multi_{k}", rows)
+        return clone
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], n_user_multi: int, prefix: str = "tables.") -> FeatureTables:

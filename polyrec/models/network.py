@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from polyrec.config import ColdStartSpec, HistorySpec, ModelSpec, RetrievalSpec, TextSpec
+from polyrec.data.features import EncodedSide
 from polyrec.data.rows import Samples
 from polyrec.models.generator import IdGenerator, SideLayout
 from polyrec.models.history import EventTable, HistoryBlock, StatsTable
@@ -13,6 +14,7 @@ from polyrec.models.layers import (
     FeatureTables,
     GroupedLinear,
     GroupedMLP,
+    own_state,
 )
 from polyrec.models.mmoe import MMoE
 from polyrec.models.ple import PLE
@@ -169,6 +171,29 @@ class MultiTaskModel(nn.Module):
         events, items = self._events(user, item, None)
         cat = self.tables(user, item)[0]
         return items, self.nets[0].read_history(cat, events)[1]
+
+    def fork(self) -> MultiTaskModel:
+        """A model sharing these weights whose catalog state (feature tables, event log, statistics,
+        interaction counts, LoRA tokens) is its own: adding users or items to it leaves this one as
+        it is, so a server can keep scoring with this one and swap the fork in when it is ready."""
+        clone = own_state(self)
+        for name in ("tables", "events", "stats", "item_encoder"):
+            if clone._modules.get(name) is not None:
+                clone._modules[name] = own_state(clone._modules[name])
+        return clone
+
+    def for_new_user(self, user: EncodedSide, recent: torch.Tensor) -> MultiTaskModel:
+        """This model with one new user (encoded profile ``user``, its ``recent`` items oldest first)
+        as its only user, index 0: scoring a profile without adding it (the items are shared)."""
+        view = own_state(self)
+        view.tables = self.tables.with_users(user)
+        if self.events is not None:
+            view.events = EventTable.of_user(recent, self.events.feedback.shape[1])
+        if self.stats is not None:
+            view.stats = self.stats.of_new_users(1)
+        if self.cold_start is not None:
+            view.user_count = self.user_count.new_zeros(1)
+        return view
 
     def append_counts(self, side: str, n: int) -> None:
         """New users or items (cold start) start with no interactions: the generator speaks for them."""
