@@ -39,6 +39,7 @@ def world_size() -> int:
 
 
 _training = False
+_device = torch.device("cpu")   # where the process group's collectives take their tensors
 
 
 @contextlib.contextmanager
@@ -46,13 +47,13 @@ def training(device: torch.device):
     """While training: under torchrun, the process group is joined (once per process, gloo on the
     CPU, nccl on GPUs; left at exit) and the functions here act across processes. Outside, after
     training, every process works on its own (only the first writes the run)."""
-    global _training
+    global _training, _device
     if world_size() > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(dist.destroy_process_group)
-    _training = world_size() > 1
+    _training, _device = world_size() > 1, device
     try:
         yield
     finally:
@@ -64,12 +65,14 @@ def active() -> bool:
 
 
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of ``tensor`` over all ranks (a new tensor; ``tensor`` itself in one process)."""
+    """The sum of ``tensor`` over all ranks (a new tensor on ``tensor``'s device; ``tensor`` itself in
+    one process). It is reduced on the training device: nccl reduces GPU tensors only, and counts
+    and flags are made on the CPU."""
     if not active():
         return tensor
-    total = tensor.detach().clone()
+    total = tensor.detach().to(_device, copy=True)
     dist.all_reduce(total)
-    return total
+    return total.to(tensor.device)
 
 
 def global_losses(losses: torch.Tensor) -> torch.Tensor:
@@ -111,7 +114,7 @@ def sum_gradients(parameters) -> None:
     for p in parameters:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in parameters])
+    flat = torch.cat([p.grad.reshape(-1) for p in parameters])   # on the training device with the model
     dist.all_reduce(flat)
     offset = 0
     for p in parameters:

@@ -237,3 +237,31 @@ def test_a_training_row_reads_no_later_interaction_through_the_history_text(tmp_
     (items, before), (same_items, after) = earlier_rows(tables), earlier_rows(moved)
     assert len(items) >= 5 and torch.equal(items, same_items)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+
+
+def test_lora_encodes_the_catalog_once_until_its_weights_change(tmp_path, monkeypatch):
+    """Scoring in eval mode reads one encoding of the catalog: recommending, predicting and every
+    ranking chunk do not encode it again; training, or new weights loaded, do."""
+    cfg = text_config(tmp_path, "text.mode=lora", "text.lora_rank=2", "train.batch_size=128")
+    tables = make_tables(n_users=12, n_items=15, per_user=6)
+    rec = MultiTaskRecommender(cfg).fit_prepared(prepare_with_text(tables, cfg))
+    encoder = rec.model.item_encoder
+    calls, encode = [], type(encoder)._encode_catalog
+
+    def counted(self):
+        calls.append(1)
+        return encode(self)
+
+    monkeypatch.setattr(type(encoder), "_encode_catalog", counted)
+    first = rec.predict(["u1"], ["i2"])
+    rec.recommend("u1", k=3)
+    rec.evaluate()
+    assert len(calls) <= 1
+    calls.clear()
+    rec.model.train()
+    rec.model.eval()
+    assert len(calls) == 1
+    rec.model.load_state_dict(rec.model.state_dict())
+    pd.testing.assert_frame_equal(rec.predict(["u1"], ["i2"]), first)
+    rec.predict(["u1"], ["i3"])
+    assert len(calls) == 2

@@ -21,8 +21,9 @@ def tokenize(spec: TextSpec, texts: list[str]) -> tuple[torch.Tensor, torch.Tens
 class LoraItemEncoder(nn.Module):
     """Item index [B] → whitened, mean-pooled sentence embedding [B, k] from a LoRA-tuned encoder.
 
-    Training encodes only the distinct items of each batch. In eval mode the whole
-    catalog is encoded once and reused until training resumes. Only the adapter weights
+    Training encodes only the distinct items of each batch. In eval mode the whole catalog is
+    encoded once and reused until its weights change (training resumes, or weights are loaded):
+    switching to eval mode again, as every scoring call does, costs nothing. Only the adapter weights
     train; :meth:`frozen_keys` names the base model's, which bundles leave out (they are
     reloaded from ``spec.model``).
     """
@@ -41,7 +42,8 @@ class LoraItemEncoder(nn.Module):
         self.register_buffer("whiten_mean", whiten_mean)
         self.register_buffer("whiten_projection", whiten_projection)
         self.batch_size = batch_size
-        self._catalog: torch.Tensor | None = None
+        self._catalog: torch.Tensor | None = None   # the catalog's encoding with the current weights
+        self.register_load_state_dict_post_hook(lambda module, keys: module._weights_changed())
 
     @classmethod
     def for_catalog(cls, spec: TextSpec, texts: list[str], whitening) -> LoraItemEncoder:
@@ -63,13 +65,22 @@ class LoraItemEncoder(nn.Module):
         pad = lambda t: F.pad(t, (0, width - t.shape[1]))  # noqa: E731
         self.input_ids = torch.cat([pad(self.input_ids), pad(input_ids)])
         self.attention_mask = torch.cat([pad(self.attention_mask), pad(attention_mask)])
-        self._catalog = None if self.training else self._encode_catalog()
+        if self._catalog is not None:   # the new items only, with the same weights
+            with torch.no_grad():
+                self._catalog = torch.cat([self._catalog, self._encode(torch.arange(len(self._catalog),
+                                                                                    len(self.input_ids)))])
 
     def train(self, mode: bool = True):
-        # evaluation reads the whole catalog's encoding, made once here rather than inside forward
+        # evaluation reads the whole catalog's encoding, made here (once per set of weights)
         super().train(mode)
-        self._catalog = None if mode else self._encode_catalog()
+        if mode:
+            self._catalog = None
+        elif self._catalog is None:
+            self._catalog = self._encode_catalog()
         return self
+
+    def _weights_changed(self) -> None:
+        self._catalog = None if self.training else self._encode_catalog()
 
     @torch.no_grad()
     def _encode_catalog(self) -> torch.Tensor:

@@ -16,8 +16,8 @@ from polyrec.weighting.base import Weighting, representation_grads, task_gram, w
 def min_norm_weights(gram: torch.Tensor, iterations: int = 50) -> torch.Tensor:
     """α on the simplex minimizing ‖Σ α_i g_i‖² = αᵀGα, from the task gradients' Gram matrix
     G [T, T], by Frank-Wolfe with exact line search."""
-    # the loop runs in NumPy: on a [T, T] matrix, torch's per-call overhead dominated it
-    dtype, gram = gram.dtype, gram.double().numpy()
+    # the loop runs in NumPy (on a [T, T] matrix, torch's per-call overhead dominated it), on the CPU
+    dtype, device, gram = gram.dtype, gram.device, gram.detach().double().cpu().numpy()
     alpha = np.full(len(gram), 1 / len(gram))
     for _ in range(iterations):
         gram_alpha = gram @ alpha
@@ -31,7 +31,7 @@ def min_norm_weights(gram: torch.Tensor, iterations: int = 50) -> torch.Tensor:
             break
         alpha = (1 - gamma) * alpha
         alpha[toward] += gamma
-    return torch.from_numpy(alpha).to(dtype)
+    return torch.from_numpy(alpha).to(device, dtype)
 
 
 class MGDA(Weighting):
