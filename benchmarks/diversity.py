@@ -36,7 +36,7 @@ def main() -> None:
         rec = MultiTaskRecommender.load(args.run)
     else:
         rec = MultiTaskRecommender(quickstart_config(["train.progress=false"])).fit()
-    space, measured = rec.diversity_vectors(), rec.field_vectors()
+    space, measured = rec.diversity_vectors(), rec.field_vectors
     rows = []
     for lam in LAMBDAS:
         result = evaluate_ranking(rec.model, rec.objective, rec.test, len(rec.catalog.item_ids), [10],

@@ -18,6 +18,10 @@ class DataError(PolyrecError, ValueError):
     """The data does not match the configuration; the message says what and where."""
 
 
+class UnknownIdError(DataError):
+    """A user or item id the run does not know (the service answers 404)."""
+
+
 class RunError(PolyrecError):
     """A run directory cannot be read (missing, incomplete, corrupt) or may not be written."""
 

@@ -17,7 +17,7 @@ from polyrec.data.rows import EvalData, Samples, history_pairs, interaction_rows
 from polyrec.data.features import EncodedSide
 from polyrec.data.sources import load_tables
 from polyrec.data.tables import Tables, ids, new_rows, table_time, validate_labels
-from polyrec.errors import DataError, RunError
+from polyrec.errors import DataError, RunError, UnknownIdError
 from polyrec.evaluate.evaluator import evaluate, predict_logits
 from polyrec.models.network import MultiTaskModel, model_for
 from polyrec.objective import Objective
@@ -52,7 +52,8 @@ class MultiTaskRecommender:
         self.objective = Objective.from_config(config)
         self.model: MultiTaskModel | None = None
         self.result: TrainResult | None = None
-        self.run_dir: Path | None = None   # set by load(): its language model name must be checked
+        self.run_dir: Path | None = None   # set by load(): where its exports and indexes go by default
+        self.text_model_named = False      # load(text_model=...): the caller chose the language model
         self.onnx = None                    # an OnnxScorer that scores instead of the model (use_onnx)
         self._ann = None                    # the retrieval head's item index, built on first use
         self._ann_lock = threading.Lock()   # faiss does not search and insert safely at the same time
@@ -139,7 +140,7 @@ class MultiTaskRecommender:
         if ranking and self.config.data.item_col is None:
             ranking, notes["ranking"] = False, "the dataset has no items (data.item_col is null): nothing to rank"
         n_items, ks = len(self.catalog.item_ids), self.config.eval.ks
-        vectors = self.field_vectors() if ranking else None
+        vectors = self.field_vectors if ranking else None   # for the listed items only (ild@K)
         out = evaluate(model, self.objective, data, n_items, ks, ranking, progress, vectors)
         if self.catalog.cold_item_ids:
             cold = np.array([self.catalog.item_index[i] for i in self.catalog.cold_item_ids])
@@ -228,14 +229,14 @@ class MultiTaskRecommender:
     def _user_index(self, user) -> int:
         index = self.catalog.user_index.get(str(user))
         if index is None:
-            raise DataError(f"unknown user id {user!r}: not in the training catalog of "
+            raise UnknownIdError(f"unknown user id {user!r}: not in the training catalog of "
                             f"{len(self.catalog.user_ids)} users (e.g. {self.catalog.user_ids[:3]})")
         return index
 
     def _item_index(self, item) -> int:
         index = self.catalog.item_index.get(str(item))
         if index is None:
-            raise DataError(f"unknown item id {item!r}: not in the catalog of {len(self.catalog.item_ids)} items")
+            raise UnknownIdError(f"unknown item id {item!r}: not in the catalog of {len(self.catalog.item_ids)} items")
         return index
 
     def predict(self, users: list, items: list) -> pd.DataFrame:
@@ -620,7 +621,7 @@ class MultiTaskRecommender:
     def _text_encoder(self):
         from polyrec.text.encoder import TextEncoder
         spec = self.config.text
-        if self.run_dir is not None:
+        if self.run_dir is not None and not self.text_model_named:   # a run directory may not choose it
             check_model_source(spec.model, self.run_dir)
         return TextEncoder(spec.model, spec.cache_dir, spec.batch_size, progress=False)
 
@@ -675,5 +676,5 @@ class MultiTaskRecommender:
         rec = cls(bundle.config)
         rec.encoder, rec.catalog, rec.model, rec.text = bundle.encoder, bundle.catalog, bundle.model, bundle.text
         rec.history, rec.test, rec.past = bundle.history, bundle.test, bundle.past
-        rec.run_dir = Path(path) if text_model is None else None
+        rec.run_dir, rec.text_model_named = Path(path), text_model is not None
         return rec

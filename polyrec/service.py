@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from polyrec.errors import PolyrecError
+from polyrec.errors import PolyrecError, UnknownIdError
 from polyrec.recommender import MultiTaskRecommender
 from polyrec.serve.onnx import ONNX_FILE
 
@@ -149,7 +149,7 @@ def create_app(run_dir: str | Path, text_model: str | None = None, onnx: bool = 
 
     @app.exception_handler(PolyrecError)
     async def bad_input(request: Request, err: PolyrecError):
-        return JSONResponse({"detail": str(err)}, status_code=404 if str(err).startswith("unknown") else 400)
+        return JSONResponse({"detail": str(err)}, status_code=404 if isinstance(err, UnknownIdError) else 400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):

@@ -52,7 +52,7 @@ def test_ild_and_novelty_hand_computed():
     # items 0 and 1 share a vector, item 2 is orthogonal to both
     vectors = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     popularity = torch.tensor([0.5, 0.25, 0.125])
-    acc = M.RankingAccumulator([2, 3], 3, vectors, popularity)
+    acc = M.RankingAccumulator([2, 3], 3, vectors.__getitem__, popularity)
     truth = torch.ones(2, 3, dtype=torch.bool)
     acc.add(torch.tensor([[0, 1, 2], [0, 2, 1]]), truth)
     r = acc.result()

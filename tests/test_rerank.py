@@ -54,3 +54,22 @@ def test_field_vectors_share_values_not_ids():
     assert similarity[0, 1] == pytest.approx(2 / math.sqrt(3 * 2))   # genre 3 and value 20 in common
     assert similarity[0, 2] == pytest.approx(0.0)
     assert similarity.diagonal().tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_ranking_evaluation_builds_field_vectors_for_the_listed_items_only(monkeypatch):
+    """Intra-list diversity needs the field vectors of the recommended items, not a dense
+    [n_items, n_values] matrix of the whole catalog (8 GB at a million items)."""
+    from polyrec.recommender import MultiTaskRecommender
+    from tests.conftest import make_config, make_tables
+    rec = MultiTaskRecommender(make_config(train__max_epochs=1)).fit(make_tables())
+    expected = rec.evaluate()["ranking"]
+    sizes, vectors = [], MultiTaskRecommender.field_vectors
+
+    def counted(self, items=None):
+        sizes.append(len(self.catalog.item_ids) if items is None else len(items))
+        return vectors(self, items)
+
+    monkeypatch.setattr(MultiTaskRecommender, "field_vectors", counted)
+    for task, values in rec.evaluate()["ranking"].items():
+        assert values == pytest.approx(expected[task])
+    assert sizes and max(sizes) <= 5 * 30 and len(rec.catalog.item_ids) not in sizes   # ks [5], 30 users

@@ -1,5 +1,6 @@
 """Crash-safe training: a run killed at any moment continues with `--resume` to exactly the
 result it would have had, and a checkpoint is never half-written."""
+import json
 import signal
 import subprocess
 import sys
@@ -114,3 +115,27 @@ def test_resume_errors_name_what_to_do(project, monkeypatch):
     with pytest.raises(RunError, match="resume=True"):
         from polyrec.recommender import MultiTaskRecommender
         MultiTaskRecommender(Config.from_yaml(cfg)).fit(make_tables(), resume=True)
+
+
+def test_a_training_log_is_replayed_epoch_by_epoch_whatever_each_epochs_steps(tmp_path):
+    """Epochs can differ in steps (streamed rows, a trailing batch dropped): the replayed log keeps
+    every step, and each epoch record follows its own last step."""
+    from polyrec.train.log import TrainLog
+    from polyrec.train.trainer import TrainResult
+    records = [{"epoch": e, "steps": n, "valid": {"click": {"auc": 0.5 + e / 10}}, "train_loss": {}} for e, n in
+               ((1, 3), (2, 4))]
+    result = TrainResult(2, records[1]["valid"], 2, records, 1.0, [[float(s)] for s in range(7)],
+                         [[1.0]] * 7)
+    at, epoch = [], TrainLog.epoch
+
+    def logged(self, record):
+        at.append(self.steps)
+        epoch(self, record)
+
+    TrainLog.epoch = logged
+    try:
+        TrainLog.replay(tmp_path, ["click"], "static", result)
+    finally:
+        TrainLog.epoch = epoch
+    steps = [json.loads(line) for line in (tmp_path / "train_steps.jsonl").read_text().splitlines()]
+    assert [s["loss"]["click"] for s in steps] == [float(s) for s in range(7)] and at == [3, 7]

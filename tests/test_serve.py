@@ -214,3 +214,15 @@ def test_concurrent_writes_and_reads_never_fail(run_dir):
         (run_dir / ADDED_ITEMS).unlink(missing_ok=True)
     assert len(statuses) == 60 and all(s < 500 for s in statuses), statuses
     assert health["items"] == 40 + 15 and health["users"] == 30
+
+
+def test_the_status_follows_the_kind_of_error_not_its_wording(client, monkeypatch):
+    from polyrec.errors import DataError
+    assert client.post("/score", json={"user": "nobody", "items": ["i1"]}).status_code == 404
+    assert client.get("/items/nothing/similar").status_code == 404
+
+    def bad_input(*args, **kwargs):
+        raise DataError("unknown column(s) ['x'] in the request")   # a bad request, whatever its first word
+
+    monkeypatch.setattr(MultiTaskRecommender, "predict", bad_input)
+    assert client.post("/score", json={"user": "u1", "items": ["i1"]}).status_code == 400

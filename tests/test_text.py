@@ -181,6 +181,10 @@ def test_a_run_directory_does_not_choose_where_files_go_or_which_model_loads(tmp
     out = CliRunner().invoke(app, ["recommend", str(run), "--user", "u1", *new_item, "--text-model",
                                    "all-MiniLM-L6-v2", "--json", "-k", "50"])
     assert out.exit_code == 0 and "x1" in {item["item_id"] for item in json.loads(out.stdout)["items"]}
+    # naming the model keeps the run directory's own places (its default export paths)
+    out = CliRunner().invoke(app, ["export", str(run), "--onnx", "--text-model", "all-MiniLM-L6-v2"])
+    assert out.exit_code == 0, out.output
+    assert (run / "model.onnx").exists()
 
 
 def test_low_cardinality_profile_text_is_still_whiten_dim_wide(tmp_path):

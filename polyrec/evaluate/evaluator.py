@@ -1,6 +1,8 @@
 """Scoring a split: pointwise metrics per task and full-catalog ranking per binary task."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -69,7 +71,7 @@ def _pairs_by_row(rows: np.ndarray, items: np.ndarray):
 def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
                      chunk_users: int = 256, progress: bool = False, per_user: dict | None = None,
                      candidates: torch.Tensor | None = None, exposure: Exposure | None = None,
-                     diversity: Diversity | None = None, item_vectors: torch.Tensor | None = None
+                     diversity: Diversity | None = None, item_vectors: Callable[[torch.Tensor], torch.Tensor] | None = None
                      ) -> dict[str, dict[str, float]]:
     """Rank every catalog item not among the user's earlier interactions, for each binary task.
 
@@ -80,7 +82,8 @@ def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, 
     ``exposure``: the lists reserve slots for new items (see :class:`~polyrec.serve.rerank.Exposure`);
     ``diversity``: the lists are re-ranked by MMR (:class:`~polyrec.serve.rerank.Diversity`).
     Beyond accuracy: coverage@K, novelty@K (item popularity from the train and valid
-    interactions, add-one smoothed) and, with ``item_vectors``, intra-list diversity ild@K.
+    interactions, add-one smoothed) and, with ``item_vectors`` (catalog indices → unit vectors, asked
+    for the listed items only), intra-list diversity ild@K.
     """
     tasks = [t for t in objective.tasks if t.kind == "binary"]
     index = {t.name: i for i, t in enumerate(objective.tasks)}
@@ -126,7 +129,8 @@ def evaluate_ranking(model, objective: Objective, data: EvalData, n_items: int, 
 
 
 def evaluate(model, objective: Objective, data: EvalData, n_items: int, ks: list[int],
-             ranking: bool = True, progress: bool = False, item_vectors: torch.Tensor | None = None) -> dict:
+             ranking: bool = True, progress: bool = False,
+             item_vectors: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Per-task (and joint) metrics, then ``ranking`` (``item_vectors``: see :func:`evaluate_ranking`);
     metrics undefined on these rows are left out, and ``notes`` says why."""
     out = evaluate_pointwise(model, objective, data.samples)

@@ -5,6 +5,8 @@ the ideal DCG over min(|ground truth|, K); averages over users with ground truth
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -59,13 +61,13 @@ def mae(target: np.ndarray, pred: np.ndarray) -> float:
 class RankingAccumulator:
     """Sums Recall/NDCG/MRR/HitRate@K over user chunks; coverage@K over all recommended items.
 
-    Beyond accuracy (Kaminskas & Bridge, 2016): ``item_vectors`` [n_items, V] (unit rows) give
-    intra-list diversity ``ild@K``, the mean 1 − cosine over the pairs of a list; ``popularity``
+    Beyond accuracy (Kaminskas & Bridge, 2016): ``item_vectors`` (catalog indices [n] → unit rows
+    [n, V], asked for the listed items only) give intra-list diversity ``ild@K``, the mean 1 − cosine over the pairs of a list; ``popularity``
     [n_items] (the share of users who interacted with each item) gives ``novelty@K``, the mean
     self-information −log2 p of the listed items.
     """
 
-    def __init__(self, ks: list[int], n_items: int, item_vectors: torch.Tensor | None = None,
+    def __init__(self, ks: list[int], n_items: int, item_vectors: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  popularity: torch.Tensor | None = None):
         self.ks, self.n_items = sorted(ks), n_items
         self.item_vectors = item_vectors
@@ -101,7 +103,8 @@ class RankingAccumulator:
             self.sums[f"mrr@{k}"] += float(torch.where(in_k, 1.0 / first_hit.clamp(min=1), 0.0).sum())
             self.sums[f"hit@{k}"] += float(h.any(1).double().sum())
             if self.item_vectors is not None and k > 1:
-                v = self.item_vectors[top[:, :k]].double()                  # [U, k, V]
+                listed, position = torch.unique(top[:, :k], return_inverse=True)
+                v = self.item_vectors(listed).double()[position]            # [U, k, V]
                 similarity = (v @ v.transpose(1, 2)).sum((1, 2)) - (v * v).sum((1, 2))
                 self.sums[f"ild@{k}"] += float((1 - similarity / (k * (k - 1))).sum())
             if self.surprise is not None:

@@ -83,11 +83,11 @@ class TrainLog:
     @classmethod
     def replay(cls, folder: Path, tasks: list[str], method: str, result) -> None:
         """Write a finished training's log (a TrainResult, kept in memory) into ``folder`` at once."""
-        log = cls(folder, tasks, method)
-        per_epoch = len(result.step_losses) // max(len(result.history), 1)
-        for e, record in enumerate(result.history):
-            for s in range(e * per_epoch, (e + 1) * per_epoch):
+        log, first = cls(folder, tasks, method), 0
+        for record in result.history:   # each epoch's record says how many steps it took
+            for s in range(first, first + record["steps"]):
                 log.step(result.step_losses[s], result.step_weights[s])
+            first += record["steps"]
             log.epoch(record)
         log.close(result)
 

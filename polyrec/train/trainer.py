@@ -275,7 +275,7 @@ def _finish_epoch(state: LoopState, model: torch.nn.Module, objective: Objective
                             f"{dict(zip(objective.names, mean_loss.tolist()))}; lower train.lr")
     metrics = evaluate(model, objective, valid, n_items, [], ranking=False)
     score = mean_auc(metrics, objective)
-    record = {"epoch": epoch, "train_loss": dict(zip(objective.names, mean_loss.tolist())),
+    record = {"epoch": epoch, "steps": len(losses), "train_loss": dict(zip(objective.names, mean_loss.tolist())),
               "task_weight": dict(zip(objective.names, weights.mean(0).tolist())),
               "valid": metrics, "valid_mean_auc": score, "seconds": seconds, "samples_per_s": samples_per_s}
     state.history.append(record)
