@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="polyrec: multi-task recommendation (train, evaluate, recommend).")
 console = Console()
 errors = Console(stderr=True)
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ml100k.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "ml100k.yaml"   # package data: works from a wheel
 STUDENT_CONFIG = DEFAULT_CONFIG.with_name("student.yaml")
 OVERWRITE = typer.Option(False, "--overwrite", help="replace --out if it holds an earlier polyrec run "
                          "(a folder polyrec did not write is never replaced)")
