@@ -1,6 +1,7 @@
 """polyrec as a wheel: built from this checkout and installed into a clean virtual environment, it
 trains with its built-in default config from any folder (no checkout needed)."""
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,8 +18,13 @@ def run(*command, cwd, env=None):
 
 
 def test_a_wheel_in_a_clean_environment_trains_with_its_packaged_config(tmp_path):
+    source = tmp_path / "source"   # built from a copy: a build writes build/ and egg-info beside its sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "polyrec", source / "polyrec", ignore=shutil.ignore_patterns("__pycache__"))
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
-        ROOT, cwd=tmp_path)
+        source, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("polyrec-*.whl"))
     base = getattr(sys, "_base_executable", sys.executable)
     run(base, "-m", "venv", tmp_path / "venv", cwd=tmp_path)
