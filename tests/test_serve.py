@@ -1,5 +1,6 @@
 """polyrec serve: every endpoint, the bad-request matrix (always a 4xx with a message, never a 5xx),
 items added while running (recommendable at once, kept across a restart) and reload."""
+import contextlib
 import json
 import socket
 import threading
@@ -116,7 +117,9 @@ def test_added_items_are_recommendable_at_once_and_kept_across_restart_and_reloa
     assert client.post("/score", json={"user": "u1", "items": ["fresh"]}).status_code == 200
 
 
-def test_serves_on_a_loopback_port(run_dir):
+@contextlib.contextmanager
+def serving(run_dir):
+    """The service of ``run_dir`` on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
     (run_dir / ADDED_ITEMS).unlink(missing_ok=True)
     with socket.socket() as s:
@@ -130,13 +133,19 @@ def test_serves_on_a_loopback_port(run_dir):
             if server.started:
                 break
             time.sleep(0.05)
-        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
-        assert health.status_code == 200 and health.json()["items"] == 40
-        docs = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=5).json()
-        assert {"/recommend", "/score", "/items", "/items/{item_id}/similar", "/health", "/metrics"} <= set(docs["paths"])
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
+        (run_dir / ADDED_ITEMS).unlink(missing_ok=True)
+
+
+def test_serves_on_a_loopback_port(run_dir):
+    with serving(run_dir) as url:
+        health = httpx.get(f"{url}/health", timeout=5)
+        assert health.status_code == 200 and health.json()["items"] == 40
+        docs = httpx.get(f"{url}/openapi.json", timeout=5).json()
+        assert {"/recommend", "/score", "/items", "/items/{item_id}/similar", "/health", "/metrics"} <= set(docs["paths"])
 
 
 def test_new_slots_reserve_new_items_under_fusion_too(client):
@@ -174,18 +183,10 @@ def test_a_profile_is_scored_without_being_added_and_reads_items_added_since_loa
 def test_concurrent_writes_and_reads_never_fail(run_dir):
     """Items added while recommendations, scores and profiles are being served: every request
     reads one whole catalog (bounded: 4 threads × 15 requests, loopback)."""
-    import uvicorn
-    (run_dir / ADDED_ITEMS).unlink(missing_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     statuses = []
 
-    def work(kind):
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    def work(url, kind):
+        with httpx.Client(base_url=url, timeout=30) as http:
             for n in range(15):
                 if kind == "items":
                     r = http.post("/items", json={"items": [{"item": f"c{n}", "name": f"C {n}", "price": 1.0}]})
@@ -197,21 +198,13 @@ def test_concurrent_writes_and_reads_never_fail(run_dir):
                     r = http.post("/score", json={"user": "u2", "items": ["i1", "i2"]})
                 statuses.append(r.status_code)
 
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
-        workers = [threading.Thread(target=work, args=(k,)) for k in ("items", "recommend", "profile", "score")]
+    with serving(run_dir) as url:
+        workers = [threading.Thread(target=work, args=(url, k)) for k in ("items", "recommend", "profile", "score")]
         for w in workers:
             w.start()
         for w in workers:
             w.join(120)
-        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        (run_dir / ADDED_ITEMS).unlink(missing_ok=True)
+        health = httpx.get(f"{url}/health", timeout=5).json()
     assert len(statuses) == 60 and all(s < 500 for s in statuses), statuses
     assert health["items"] == 40 + 15 and health["users"] == 30
 
