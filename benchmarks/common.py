@@ -18,8 +18,10 @@ from polyrec.train.trainer import make_optimizer, seed_everything, train_step
 from polyrec.weighting import build_weighting
 
 
-# the movies as text for "+text" variants (the ml100k-mt item table's columns)
+# the movies as text for "+text" variants (the ml100k-mt item table's columns), and the users' for
+# "+usertext" (their profile, and the mean text of their last 20 earlier movies, as the quickstart config)
 ITEM_TEMPLATE = "{title} ({release_year}). Genres: {genres}"
+USER_TEXT = {"user_template": "A {age} year old {gender} {occupation}", "user_history": 20}
 
 
 # The quickstart config's settings before issue 14 changed them (to per-row losses and a behaviour
@@ -34,22 +36,24 @@ def quickstart_config(overrides: list[str] = ()) -> Config:
 
 
 def protocol_config(base: Config, name: str, max_epochs: int, history: dict | None = None) -> Config:
-    """``ARCH[_esmm][+stats][+history][+text]``: ``ARCH`` (single/sharedbottom/mmoe/ple) on the
-    protocol's inputs (IDs and categorical side features, no ID dropout), ``_esmm`` with ESMM's
+    """``ARCH[_esmm][+stats][+history][+text][+usertext]``: ``ARCH`` (single/sharedbottom/mmoe/ple) on
+    the protocol's inputs (IDs and categorical side features, no ID dropout), ``_esmm`` with ESMM's
     loss, ``+stats`` with leak-free statistics (``stats`` section, defaults), ``+history`` with the
     user's behaviour history (``history`` section; default length 20, attention), ``+text`` with
-    the items' language-model text (in the history too)."""
+    the items' language-model text (in the history too), ``+usertext`` (with ``+text``) with the
+    users' profile text and user-history text (:data:`USER_TEXT`)."""
     model, *extras = name.split("+")
     arch, _, suffix = model.partition("_")
     if suffix not in ("", "esmm") or arch not in ("single", "sharedbottom", "mmoe", "ple") or \
-            set(extras) - {"stats", "history", "text"}:
-        raise SystemExit(f"unknown model '{name}': use ARCH[_esmm][+stats][+history][+text] with ARCH in "
-                         "single/sharedbottom/mmoe/ple")
+            set(extras) - {"stats", "history", "text", "usertext"} or ("usertext" in extras and "text" not in extras):
+        raise SystemExit(f"unknown model '{name}': use ARCH[_esmm][+stats][+history][+text[+usertext]] with ARCH "
+                         "in single/sharedbottom/mmoe/ple")
     raw = base.with_overrides([f"model.arch={arch}", f"model.esmm={suffix == 'esmm'}", "model.oov_dropout={}",
                                f"train.max_epochs={max_epochs}", "train.progress=false"]).model_dump()
     raw["history"] = {"length": 20, **(history or {})} if "history" in extras else None
     raw["stats"] = {} if "stats" in extras else None
-    raw["text"] = {"model": "all-MiniLM-L6-v2", "item_template": ITEM_TEMPLATE} if "text" in extras else None
+    raw["text"] = {"model": "all-MiniLM-L6-v2", "item_template": ITEM_TEMPLATE,
+                   **(USER_TEXT if "usertext" in extras else {})} if "text" in extras else None
     return Config.from_dict(raw)
 
 

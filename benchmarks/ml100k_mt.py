@@ -7,7 +7,7 @@ in the same run.
     python benchmarks/ml100k_mt.py [--models single,sharedbottom,mmoe,ple,mmoe_esmm,mmoe+history,...]
                                    [--seeds 2024,2025,2026] [--max-epochs N] [--out DIR] [--no-rechub]
 
-A model is ARCH[_esmm][+stats][+history][+text] (see common.protocol_config). The rows (train/valid/test
+A model is ARCH[_esmm][+stats][+history][+text[+usertext]] (see common.protocol_config). The rows (train/valid/test
 with their pre-drawn negatives) come from the built-in dataset ``ml100k-mt``
 (configs/ml100k_mt.yaml), whose content hashes are those of the reference runs; they are
 recorded in the JSON. "Seeds" are train.seed: the rows are fixed. Runs are written to
@@ -363,7 +363,10 @@ def main(argv: list[str] | None = None) -> None:
         write()
 
     run_all(run_quality, todo, data, args.jobs, done, predictions)
-    result["ablation"] = ablation(runs, models, seeds, predictions, len(data.catalog.user_ids))
+    # a comparison stays until it is measured again (the predictions it needs are not committed)
+    earlier = {name: entry for name, entry in saved.get("ablation", {}).items() if name in models and name in runs}
+    measured = {**earlier, **ablation(runs, models, seeds, predictions, len(data.catalog.user_ids))}
+    result["ablation"] = {name: measured[name] for name in models if name in measured}
     if not args.no_speed:
         result["history_speed"] = history_speed(base, data, history)
         if not args.no_rechub:
